@@ -1,0 +1,1 @@
+"""Conversions between mixln_dist checkpoints and Hugging Face model folders."""

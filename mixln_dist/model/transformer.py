@@ -1,0 +1,93 @@
+"""The LLaMA decoder with a per-layer norm placement (Pre-LN, Post-LN, Mix-LN and relatives).
+
+A pure nn.Module: it knows nothing of distribution, precision policy or activation checkpointing, which are
+applied from outside (mixln_dist.train). Build it anywhere, the meta device included, then call
+`init_weights()` once its storage exists.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from .args import LayerSpec, ModelConfig, NormConfig, layer_plan
+from .blocks import build_block
+from .layers import RMSNorm, rope_tables
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, norm: NormConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm_cfg = norm
+        self.plan: List[LayerSpec] = layer_plan(cfg, norm)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(build_block(cfg, spec) for spec in self.plan)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # final norm, before the head, for every scheme
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        # Derived, not learned: rebuilt by init_weights() and never saved in checkpoints.
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @property
+    def layer_kinds(self) -> List[str]:
+        return [layer.spec.kind for layer in self.layers]
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Linear N(0, init_std); embedding N(0, embed_init_std); norms 1; the scheme's own rules per block."""
+        self.reset_rope()
+        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.cfg.embed_init_std)
+        for layer in self.layers:
+            layer.init_weights()
+        self.norm.reset_parameters()
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=self.cfg.init_std)
+
+    @torch.no_grad()
+    def reset_rope(self) -> None:
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def rope(self, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len > self.cfg.max_seq_len:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds model.max_seq_len={self.cfg.max_seq_len}; "
+                "raise model.max_seq_len or shorten data.seq_len"
+            )
+        return self.rope_cos[:seq_len].to(dtype), self.rope_sin[:seq_len].to(dtype)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) int64 -> logits (B, T, vocab_size)."""
+        h = self.embed_tokens(tokens)  # (B, T, dim)
+        cos, sin = self.rope(tokens.shape[1], h.dtype)
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        return self.lm_head(self.norm(h))
+
+    def hidden_states(self, tokens: torch.Tensor) -> List[torch.Tensor]:
+        """The residual stream entering each layer and leaving the last one: L + 1 tensors of (B, T, dim).
+
+        Index 0 is the embedding output and index L the last layer's output before the final norm.
+        """
+        h = self.embed_tokens(tokens)
+        cos, sin = self.rope(tokens.shape[1], h.dtype)
+        states = [h]
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+            states.append(h)
+        return states
+
+
+def count_parameters(model: nn.Module) -> dict:
+    """Total and non-embedding parameter counts (a tied head is counted once; the untied head is not an
+    embedding, as in the paper's tables)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed_tokens.weight.numel()
+    return {"total": total, "non_embedding": total - embedding}

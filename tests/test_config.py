@@ -1,0 +1,99 @@
+"""The configuration behaves the way Hydra users expect, and fails early and clearly when it cannot run."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mixln_dist.config import Config, ConfigError, compose, load_config, save_config, to_yaml
+from mixln_dist.model import FLAVORS
+
+from conftest import REPO_ROOT
+
+
+def test_defaults_compose_into_the_default_job():
+    cfg = compose()
+    assert isinstance(cfg, Config)
+    assert cfg.model == FLAVORS["debug"]
+    assert (cfg.norm.scheme, cfg.norm.alpha, cfg.norm.post_layers) == ("mix", 0.25, None)
+    assert cfg.data.name == "sample" and cfg.zero.stage == 2
+    assert cfg.train.run_name == "debug-mix"  # interpolations are resolved
+
+
+def test_group_and_dotted_overrides_apply():
+    cfg = compose(["model=llama_1b", "norm=mix", "norm.alpha=0.25", "optim.lr=5e-4", "zero=stage3",
+                   "optim=paper", "train.steps=7", "optim.betas=[0.8,0.9]"])
+    assert cfg.model.name == "llama_1b" and cfg.model.dim == 2048
+    assert cfg.norm.alpha == 0.25 and cfg.zero.stage == 3
+    assert cfg.optim.lr == 5e-4 and cfg.optim.weight_decay == 0.0  # lr override wins over the group's value
+    assert cfg.optim.betas == [0.8, 0.9] and cfg.train.steps == 7
+    assert cfg.train.run_name == "llama_1b-mix"
+
+
+def test_group_switch_replaces_the_whole_group():
+    cfg = compose(["norm=pre"])
+    assert cfg.norm.scheme == "pre"
+    assert compose(["zero=stage3_offload"]).zero.offload_param == "cpu"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["optim.lrr=1e-3"], r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'"),
+        (["norm.alhpa=0.5"], r"'norm.alhpa' \(did you mean 'norm.alpha'"),
+        (["modle.dim=3"], r"'modle.dim' \(did you mean 'model.dim'"),
+        (["data.tokenizer.vocab=3"], r"did you mean 'data.tokenizer.vocab_size'"),
+        (["norm=mixx"], r"unknown option 'mixx' for config group 'norm' \(did you mean 'mix'"),
+        (["model=llama_1x"], r"unknown option 'llama_1x' for config group 'model' \(did you mean 'llama_1b'"),
+        (["optim.lr=fast"], r"optim.lr: Value 'fast'.*Float"),
+        (["train.steps=1.5"], r"train.steps"),
+        (["+train.foo=1"], r"fixed schema"),
+        (["norm.scheme=prre"], r"unknown norm.scheme 'prre' \(did you mean 'pre'"),
+        (["norm.alpha=1.5"], r"norm.alpha=1.5 is outside \[0, 1\]"),
+        (["norm.post_layers=9"], r"norm.post_layers=9 is outside \[0, n_layers=4\]"),
+        (["zero.stage=4"], r"zero.stage=4"),
+        (["zero.offload_param=cpu"], r"needs zero.stage=3"),
+        (["train.precision=fp8"], r"train.precision='fp8' is not one of auto, bf16, fp32"),
+        (["data.seq_len=1000"], r"data.seq_len=1000 exceeds model.max_seq_len=256"),
+        (["model.n_heads=5"], r"model.dim=128 is not divisible by model.n_heads=5"),
+    ],
+)
+def test_bad_overrides_fail_naming_the_key(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        compose(overrides)
+
+
+def test_yaml_round_trip_is_identical(tmp_path):
+    cfg = compose(["model=llama_7b", "norm.post_layers=2", "optim=paper", "zero=stage3_offload",
+                   "train.global_batch_size=512", "norm.layer_kinds=[post,post,pre,pre]", "model.n_layers=4"])
+    save_config(cfg, tmp_path / "config.yaml")
+    back = load_config(tmp_path / "config.yaml")
+    assert back == cfg
+    assert to_yaml(back) == to_yaml(cfg)
+
+
+def test_loading_a_yaml_with_an_unknown_key_fails(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(compose()).replace("  lr:", "  lrr:"))
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(path)
+
+
+def test_model_summary_cli_for_7b_without_allocating():
+    start = time.time()
+    out = subprocess.run(
+        [sys.executable, "-m", "mixln_dist.model", "model=llama_7b", "norm=mix", "norm.post_layers=2"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=True,
+    ).stdout
+    assert time.time() - start < 30
+    assert "6,738,415,616 total (6.74B)" in out
+    assert "layers 0-1     Post-LN (2 layers)" in out
+    assert "layers 2-31    Pre-LN (30 layers)" in out
+
+
+def test_model_summary_cli_reports_config_errors():
+    proc = subprocess.run([sys.executable, "-m", "mixln_dist.model", "norm.alpah=0.1"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert "did you mean 'norm.alpha'" in proc.stderr
