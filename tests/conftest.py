@@ -22,3 +22,28 @@ def shared_corpora() -> Path:
     if not SHARED_CORPORA.is_dir():
         pytest.skip(f"{SHARED_CORPORA} is not present on this machine")
     return SHARED_CORPORA
+
+
+TINY_VOCAB = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The bundled sample corpus prepared with a 512-piece tokenizer: small and quick to train on."""
+    from mixln_dist.config import compose
+    from mixln_dist.data import prepare_dataset
+
+    data_dir = tmp_path_factory.mktemp("tiny_dataset")
+    cfg = compose([f"data.dir={data_dir}", f"data.tokenizer.vocab_size={TINY_VOCAB}"])
+    prepare_dataset(cfg.data)
+    return data_dir
+
+
+def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list:
+    """A debug model small enough for many short distributed runs on 2 CPU cores."""
+    return [
+        f"data.dir={data_dir}", f"data.tokenizer.vocab_size={TINY_VOCAB}", "data.auto_prepare=false", "data.seq_len=64",
+        f"model.vocab_size={TINY_VOCAB}", "model.dim=64", "model.n_heads=4", "model.ffn_dim=176",
+        "train.micro_batch_size=4", "train.log_interval=1", "train.eval_samples=32", "train.progress_bar=false",
+        f"train.out_dir={out_dir}", "optim.warmup_steps=2", *extra,
+    ]

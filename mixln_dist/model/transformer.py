@@ -7,7 +7,7 @@ applied from outside (mixln_dist.train). Build it anywhere, the meta device incl
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List, Tuple
 
 import torch
 from torch import nn
@@ -42,12 +42,18 @@ class Transformer(nn.Module):
     def init_weights(self) -> None:
         """Linear N(0, init_std); embedding N(0, embed_init_std); norms 1; the scheme's own rules per block."""
         self.reset_rope()
-        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.cfg.embed_init_std)
-        for layer in self.layers:
-            layer.init_weights()
-        self.norm.reset_parameters()
+        for _, init in self.init_units():
+            init()
+
+    def init_units(self) -> List[Tuple[nn.Module, Callable[[], None]]]:
+        """The initialisation, in order, one (submodule, init function) unit at a time, so that a model whose
+        parameters are partitioned (ZeRO-3's zero.Init) can gather and initialise one unit at a time."""
+        units = [(self.embed_tokens, lambda: nn.init.normal_(self.embed_tokens.weight, std=self.cfg.embed_init_std))]
+        units += [(layer, layer.init_weights) for layer in self.layers]
+        units.append((self.norm, self.norm.reset_parameters))
         if not self.cfg.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, mean=0.0, std=self.cfg.init_std)
+            units.append((self.lm_head, lambda: nn.init.normal_(self.lm_head.weight, std=self.cfg.init_std)))
+        return units
 
     @torch.no_grad()
     def reset_rope(self) -> None:

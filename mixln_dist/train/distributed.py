@@ -1,0 +1,85 @@
+"""Process-group setup for every way a job is started: `deepspeed`, `torchrun`, or plain `python` (one rank).
+
+Chooses nccl on GPUs and gloo on CPUs, bounds every collective by a timeout (a hung rank fails the job instead
+of stalling it for gloo's default 30 minutes), and avoids DeepSpeed's CPU shared-memory op, which only
+inference all-reduce uses but which costs a 30-60 s compile at first start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def select_accelerator(device: str) -> None:
+    """Tell DeepSpeed which accelerator to use before it is imported: `cpu` forces the CPU even on a GPU host."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    elif device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=auto or cpu")
+        os.environ["DS_ACCELERATOR"] = "cuda"
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
+    """Create (or join) the process group and return this rank's place in it."""
+    select_accelerator(device)
+    if "RANK" not in os.environ:  # plain `python launch/pretrain.py`: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import logger as ds_logger
+
+    if os.environ.get("MIXLN_DS_VERBOSE") != "1":  # DeepSpeed logs pages of INFO per start; ours say what matters
+        ds_logger.setLevel(logging.WARNING)
+
+    on_cpu = get_accelerator().device_name() == "cpu"
+    if on_cpu:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
+    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
+        # The deepspeed launcher leaves threads unset, so every rank would use every core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    deepspeed.init_distributed(
+        dist_backend="gloo" if on_cpu else "nccl",
+        auto_mpi_discovery=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_cpu:
+        dev = torch.device("cpu")
+    else:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    return DistEnv(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        local_world_size=local_world,
+        device=dev,
+    )

@@ -1,0 +1,109 @@
+"""Throughput accounting (FLOPs per token, MFU) and the metrics sinks: one console line, TensorBoard, JSONL.
+
+FLOPs per token (training, forward + backward), the PaLM appendix-B formula:
+
+    6 * N  +  12 * n_layers * dim * seq_len
+
+where N counts every parameter that takes part in a matrix multiply: all of them except the input embedding
+(a table lookup); the untied LM head is included. The second term is attention's score and value products,
+without discounting the causal mask. Activation recomputation is not counted (this is MFU, not HFU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
+# fp32 runs on GPUs use TF32 tensor cores where torch allows it; we only report MFU for bf16.
+PEAK_BF16_FLOPS = [
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("B100", 1750e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("MI300X", 1307e12),
+    ("MI250X", 383e12),
+]
+
+
+def flops_per_token(model: torch.nn.Module, n_layers: int, dim: int, seq_len: int) -> float:
+    embedding = model.embed_tokens.weight.numel()
+    n_matmul = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()) - embedding
+    return 6.0 * n_matmul + 12.0 * n_layers * dim * seq_len
+
+
+def peak_flops(device: torch.device, precision: str) -> Optional[float]:
+    """The device's dense peak for this precision, or None when unknown (CPUs, fp32, unlisted GPUs)."""
+    if device.type != "cuda" or precision != "bf16":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+class MetricsLogger:
+    """Rank 0 writes; the other ranks' loggers do nothing. Values arrive already reduced across ranks."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.writer = None
+        self.files: Dict[str, object] = {}  # JSONL files by path relative to the run directory
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, step: int, values: Dict[str, float], kind: str = "train", jsonl: str = "metrics.jsonl") -> None:
+        """One JSON line in run_dir/<jsonl> and one TensorBoard scalar `<kind>/<key>` per value."""
+        if not self.enabled:
+            return
+        if jsonl not in self.files:
+            path = self.run_dir / jsonl
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.files[jsonl] = open(path, "a")
+        f = self.files[jsonl]
+        f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
+        f.flush()
+        if self.writer is not None:
+            for key, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        for f in self.files.values():
+            f.close()
+
+
+def format_train_line(step: int, total: int, m: Dict[str, Optional[float]]) -> str:
+    mfu = "n/a" if m.get("mfu") is None else f"{100 * m['mfu']:.1f}%"
+    grad = "n/a" if m.get("grad_norm") is None else f"{m['grad_norm']:.3f}"
+    return (
+        f"step {step:>6}/{total} | loss {m['loss']:.4f} | lr {m['lr']:.3e} | grad norm {grad} | "
+        f"{m['tokens_per_s']:,.0f} tok/s | MFU {mfu}"
+    )
