@@ -40,19 +40,20 @@ class TokenizerConfig:
     path: str = MISSING  # the SentencePiece .model: written here when trained, read from here when adopted
     adopt: bool = False  # true: use an existing .model (a LLaMA or T5 tokenizer) instead of training one
     model_type: str = "bpe"  # bpe | unigram
-    vocab_size: int = 8192
-    character_coverage: float = 0.9995
-    max_sentences: int = 2_000_000  # sentences sampled for training (SentencePiece's input_sentence_size)
-    seed: int = 0
+    vocab_size: int = 8192  # pieces; when adopting, the adopted model must have exactly this many
+    character_coverage: float = 0.9995  # share of characters given their own piece; the rest fall back to bytes
+    max_sentences: int = 2_000_000  # lines sampled (seeded reservoir) from the training text to train on
+    seed: int = 0  # which lines are sampled
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
-    # Training text: local files or globs (.txt, .jsonl, .json, .parquet, optionally .gz), or "hf:NAME[:CONFIG]"
-    # for a hub dataset (streamed; needs a network).
+    # Training text: local files, globs or directories (.txt, .jsonl, .json, .parquet, optionally .gz), or
+    # "hf:NAME[:CONFIG[:SPLIT]]" for a hub dataset (streamed; needs a network).
     train: List[str] = MISSING
-    # Validation text from a separate source; when empty, val_fraction of the training documents is held out.
+    # Validation text from a separate source (same forms); when empty, val_fraction of the training documents
+    # is held out instead. Exactly one of the two must be given.
     validation: List[str] = field(default_factory=list)
     val_fraction: float = 0.0
     text_field: str = "text"  # column holding the text in .jsonl/.parquet/hub sources
@@ -61,9 +62,11 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     seq_len: int = 256  # tokens per training sample (the model sees seq_len inputs and seq_len targets)
     seed: int = 1234  # the per-epoch permutation of training samples
-    split_seed: int = 42  # which documents are held out for validation
-    num_proc: int = 0  # tokenization processes; 0 = all cores
+    split_seed: int = 42  # which documents val_fraction holds out
+    num_proc: int = 0  # CPU cores for tokenizer training and tokenization (SentencePiece threads); 0 = all
     shard_tokens: int = 100_000_000  # tokens per shard file
+    max_train_tokens: int = 0  # stop reading training text after the document that reaches this; 0 = all
+    max_val_tokens: int = 0  # the same for the validation split (either kind); 0 = all
     auto_prepare: bool = False  # train the tokenizer and write the shards at start if they are missing
 
 
@@ -102,7 +105,8 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: str = "${model.name}-${norm.scheme}"  # the run directory is out_dir/run_name
     seed: int = 0
-    steps: int = 1000  # optimizer steps
+    steps: int = 1000  # optimizer steps of the whole run (the LR schedule spans them)
+    stop_at: int = 0  # end this invocation after this step, with a checkpoint (time-limited jobs); 0 = at `steps`
     micro_batch_size: int = 8  # sequences per rank per forward pass
     grad_accum_steps: Optional[int] = None  # derived from global_batch_size when null
     global_batch_size: Optional[int] = None  # = micro x accumulation x data-parallel ranks; derived when null
@@ -176,11 +180,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
+    coverage = cfg.data.tokenizer.character_coverage
+    if not 0.0 < coverage <= 1.0:
+        raise ConfigError(f"data.tokenizer.character_coverage={coverage} must be in (0, 1]")
+    for key in ("data.num_proc", "data.max_train_tokens", "data.max_val_tokens"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0 (0 means all cores / no limit)")
     positive = ("train.steps", "train.micro_batch_size", "train.log_interval", "train.eval_interval",
-                "train.save_interval", "train.keep_last", "train.ac_every_k", "data.seq_len", "data.shard_tokens")
+                "train.save_interval", "train.keep_last", "train.ac_every_k", "data.seq_len", "data.shard_tokens",
+                "data.tokenizer.vocab_size", "data.tokenizer.max_sentences")
     for key in positive:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be positive")
+    if cfg.train.stop_at < 0:
+        raise ConfigError(f"train.stop_at={cfg.train.stop_at} must be 0 (run to train.steps) or a step number")
     for key in ("train.grad_accum_steps", "train.global_batch_size"):
         if _get(cfg, key) is not None and _get(cfg, key) <= 0:
             raise ConfigError(f"{key}={_get(cfg, key)} must be positive (or null to derive it)")

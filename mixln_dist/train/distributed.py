@@ -83,3 +83,19 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
         local_world_size=local_world,
         device=dev,
     )
+
+
+def run_on_main(fn, env: DistEnv) -> None:
+    """Run fn on rank 0 while the other ranks wait. If it raises, every rank raises the same exception, so no
+    rank is left waiting at a barrier until the timeout."""
+    import torch.distributed as dist
+
+    outcome = [None]
+    if env.is_main:
+        try:
+            fn()
+        except Exception as e:  # handed to every rank below, then raised there
+            outcome[0] = e
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise outcome[0]

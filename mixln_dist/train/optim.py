@@ -16,7 +16,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            shape = getattr(p, "ds_shape", p.shape)  # under zero.Init, p itself is an empty 1-D shard
+            (decay if len(shape) >= 2 else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -24,7 +24,7 @@ from ..evaluation import loss_sums
 from ..model import Transformer
 from .activation_checkpointing import apply_activation_checkpointing
 from .checkpointing import check_resume, config_changes, find_resume, load_rng, make_universal, save_checkpoint
-from .distributed import DistEnv
+from .distributed import DistEnv, run_on_main
 from .ds_config import BatchPlan, deepspeed_config, plan_batches, resolve_precision
 from .metrics import MetricsLogger, flops_per_token, format_train_line, peak_flops
 from .optim import build_optimizer, build_scheduler, choose_impl, lr_factor
@@ -64,9 +64,7 @@ class Trainer:
         self.seq_len = cfg.data.seq_len
 
         if cfg.data.auto_prepare:
-            if env.is_main:
-                ensure_prepared(cfg.data)
-            dist.barrier()
+            run_on_main(lambda: ensure_prepared(cfg.data), env)
         self.data_meta = check_dataset(cfg.data, model_vocab_size=cfg.model.vocab_size, seq_len=self.seq_len)
         if self.resume and self.resume.state.get("tokenizer_sha256") not in (None, self.data_meta.tokenizer_sha256):
             raise CheckpointError(
@@ -121,7 +119,8 @@ class Trainer:
         import deepspeed
 
         cfg = self.cfg
-        ds_config = deepspeed_config(cfg, self.batch, self.precision, load_universal=bool(self.resume and self.resume.universal))
+        universal = bool(self.resume and self.resume.universal)
+        ds_config = deepspeed_config(cfg, self.batch, self.precision, load_universal=universal)
         model = self._build_model(ds_config)
         layers = apply_activation_checkpointing(model, cfg.train.activation_checkpointing, cfg.train.ac_every_k)
         impl = choose_impl(cfg.optim, self.env.device, offload=cfg.zero.offload_optimizer != "none")

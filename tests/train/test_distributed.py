@@ -1,11 +1,16 @@
 """Two real ranks on gloo: every ZeRO stage and precision trains, replicas agree, activation checkpointing is
 exact under ZeRO-3, resume is exact, and a run resumed on another number of ranks continues the same curve."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from conftest import tiny_overrides
-from .helpers import losses, run_jobs
+from conftest import REPO_ROOT, tiny_overrides
+from .helpers import child_env, free_port, losses, run_jobs, torchrun
 
 
 def job(name, data, out, *extra, action="fit"):
@@ -16,6 +21,7 @@ def test_every_zero_stage_and_precision_trains_and_ranks_agree(tiny_dataset, tmp
     common = ("train.steps=8", "optim.lr=3e-3", "train.eval_interval=8", "train.save_interval=100")
     jobs = [job(f"z{s}_{p}", tiny_dataset, tmp_path, f"zero.stage={s}", f"train.precision={p}", *common)
             for s in (1, 2, 3) for p in ("fp32", "bf16")]
+    jobs.append(job("z3_init_fp32", tiny_dataset, tmp_path, "zero=stage3_init", *common))  # built partitioned
     results = run_jobs(jobs, tmp_path / "results")
     for name, (r0, r1) in results.items():
         first_eval, last_eval = r0["evals"][0]["loss"], r0["evals"][-1]["loss"]
@@ -27,6 +33,8 @@ def test_every_zero_stage_and_precision_trains_and_ranks_agree(tiny_dataset, tmp
     reference = losses(results["z1_fp32"][0])
     for s in (2, 3):
         assert losses(results[f"z{s}_fp32"][0]) == pytest.approx(reference, abs=1e-5)
+    # zero.Init builds the model already partitioned; rank 0 draws the same initial weights.
+    assert losses(results["z3_init_fp32"][0]) == losses(results["z3_fp32"][0])
     for s in (1, 2, 3):  # bf16 tracks fp32 loosely
         assert losses(results[f"z{s}_bf16"][0]) == pytest.approx(reference, abs=0.05)
 
@@ -86,3 +94,40 @@ def test_per_layer_grad_norms_match_a_single_process(stage, tiny_dataset, tmp_pa
     assert norms[0]["norms"].keys() == reference.keys()
     for key, value in reference.items():  # fp32 sums over 2 ranks vs 1: summation order only
         assert norms[0]["norms"][key] == pytest.approx(value, rel=1e-4, abs=1e-8), key
+
+
+def logged_losses(run_dir: Path) -> dict:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if m["kind"] == "train"}
+
+
+def test_launchers_and_a_relaunch_on_another_world_size(tiny_dataset, tmp_path):
+    """`deepspeed` (2 ranks) stops at step 2; a fresh `python` process (1 rank) resumes to step 4; together they
+    log the curve of one uninterrupted `torchrun` run."""
+    args = tiny_overrides(tiny_dataset, tmp_path, "train.steps=4", "zero.stage=2", "train.eval_interval=100")
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    runs = [
+        [deepspeed, "--num_gpus", "2", "--master_port", free_port(), "launch/pretrain.py", *args,
+         "train.run_name=relaunch", "train.stop_at=2"],
+        [sys.executable, "launch/pretrain.py", *args, "train.run_name=relaunch"],
+    ]
+    for cmd in runs:
+        proc = subprocess.run(list(map(str, cmd)), env=child_env(), cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun(["launch/pretrain.py", *args, "train.run_name=straight"], nproc=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    relaunched, straight = logged_losses(tmp_path / "relaunch"), logged_losses(tmp_path / "straight")
+    assert sorted(relaunched) == sorted(straight) == [1, 2, 3, 4]
+    assert [relaunched[s] for s in (1, 2)] == [straight[s] for s in (1, 2)]
+    assert [relaunched[s] for s in (3, 4)] == pytest.approx([straight[s] for s in (3, 4)], abs=1e-5)
+
+
+def test_a_data_error_on_rank_0_stops_every_rank_at_once(tmp_path):
+    """Only rank 0 prepares data; its failure must reach rank 1 instead of leaving it at a barrier."""
+    overrides = tiny_overrides(tmp_path / "new_data", tmp_path, "data.auto_prepare=true",
+                               f"data.train=[{tmp_path}/nowhere/*.txt]", "train.dist_timeout_s=600")
+    results = run_jobs([{"name": "bad", "overrides": overrides}], tmp_path / "res", timeout=120, allow_errors=True)
+    for rank, result in enumerate(results["bad"]):
+        assert result["error"].startswith("NoInputFiles") or "DataError" in result["error"], (rank, result["error"])
+        assert "nowhere" in result["error"]
