@@ -12,7 +12,7 @@ spot-checks). docs/data.md has the details.
 
 import sys
 
-from mixln_dist.config import ConfigError, compose, split_cli_args
+from mixln_dist.config import ConfigError, compose, parse_cli
 from mixln_dist.data import DataError, prepare_dataset, verify_checksums
 
 FLAGS = {
@@ -22,15 +22,7 @@ FLAGS = {
 
 
 def main(argv=None) -> int:
-    overrides, flags = split_cli_args(sys.argv[1:] if argv is None else argv)
-    if flags.pop("help", False):
-        print(__doc__ + "\nOptions:\n" + "\n".join(f"  --{k:<8} {v}" for k, v in FLAGS.items()))
-        return 0
-    unknown = [f"--{k}" for k in flags if k not in FLAGS]
-    if unknown:
-        print(f"error: unknown option {', '.join(unknown)}; options: {', '.join('--' + k for k in FLAGS)}",
-              file=sys.stderr)
-        return 2
+    overrides, flags = parse_cli(argv, __doc__, FLAGS)
     try:
         cfg = compose(overrides)
         prepare_dataset(cfg.data, force=flags.get("force", False))

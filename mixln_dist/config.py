@@ -362,7 +362,7 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def split_cli_args(argv: Sequence[str]) -> tuple[List[str], dict]:
-    """Separate Hydra overrides from launcher flags: the deepspeed launcher appends --local_rank=N."""
+    """Separate Hydra overrides from --flags; the deepspeed launcher appends --local_rank=N."""
     overrides, flags = [], {}
     it = iter(argv)
     for arg in it:
@@ -370,8 +370,29 @@ def split_cli_args(argv: Sequence[str]) -> tuple[List[str], dict]:
             value = arg.split("=", 1)[1] if "=" in arg else next(it)
             flags["local_rank"] = int(value)
             os.environ.setdefault("LOCAL_RANK", str(value))
+        elif arg in ("-h", "--help"):
+            flags["help"] = True
         elif arg.startswith("--"):
             flags[arg[2:].replace("-", "_")] = True
         else:
             overrides.append(arg)
+    return overrides, flags
+
+
+def parse_cli(argv: Optional[Sequence[str]], usage: str, options: dict) -> tuple[List[str], dict]:
+    """The overrides and --flags of a config-driven entry point. `options` maps each flag to its help line;
+    --help prints `usage` and them and exits 0; an unknown flag exits 2 naming the valid ones."""
+    import sys
+
+    overrides, flags = split_cli_args(sys.argv[1:] if argv is None else argv)
+    flags.pop("local_rank", None)
+    if flags.pop("help", False):
+        listing = "".join(f"\n  --{k:<10} {v}" for k, v in options.items())
+        print(usage.rstrip() + (f"\n\nOptions:{listing}" if options else ""))
+        raise SystemExit(0)
+    unknown = [f"--{k}" for k in flags if k not in options]
+    if unknown:
+        valid = ", ".join("--" + k for k in options) or "none besides --help"
+        print(f"error: unknown option {', '.join(unknown)}; options: {valid}", file=sys.stderr)
+        raise SystemExit(2)
     return overrides, flags

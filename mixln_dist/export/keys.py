@@ -1,7 +1,9 @@
-"""State-dict key mapping between our Transformer and Hugging Face's LlamaForCausalLM.
+"""State-dict key mapping between our Transformer and Hugging Face's LlamaForCausalLM (and the exported
+MixLNForCausalLM, which keeps Llama's names).
 
 Our blocks name their two norms `attn_norm` and `mlp_norm` whatever their placement; in a Pre-LN layer these
-are HF Llama's `input_layernorm` and `post_attention_layernorm`.
+are HF Llama's `input_layernorm` and `post_attention_layernorm`. A Sandwich-LN layer's two extra norms, on the
+sublayer outputs, become `attn_output_layernorm` and `mlp_output_layernorm`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ _OURS_TO_HF = [
     (r"^layers\.(\d+)\.mlp\.", r"model.layers.\1.mlp."),
     (r"^layers\.(\d+)\.attn_norm\.", r"model.layers.\1.input_layernorm."),
     (r"^layers\.(\d+)\.mlp_norm\.", r"model.layers.\1.post_attention_layernorm."),
+    (r"^layers\.(\d+)\.attn_out_norm\.", r"model.layers.\1.attn_output_layernorm."),
+    (r"^layers\.(\d+)\.mlp_out_norm\.", r"model.layers.\1.mlp_output_layernorm."),
     (r"^norm\.", "model.norm."),
     (r"^lm_head\.", "lm_head."),
 ]
@@ -26,6 +30,8 @@ _HF_TO_OURS = [
     (r"^model\.layers\.(\d+)\.mlp\.", r"layers.\1.mlp."),
     (r"^model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
     (r"^model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
+    (r"^model\.layers\.(\d+)\.attn_output_layernorm\.", r"layers.\1.attn_out_norm."),
+    (r"^model\.layers\.(\d+)\.mlp_output_layernorm\.", r"layers.\1.mlp_out_norm."),
     (r"^model\.norm\.", "norm."),
     (r"^lm_head\.", "lm_head."),
 ]

@@ -18,14 +18,10 @@ on the bundled sample corpus. The schema, with every key documented: mixln_dist/
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..checkpoint import CheckpointError
-    from ..config import ConfigError, available_options, compose, split_cli_args
+    from ..config import GROUPS, ConfigError, available_options, compose, parse_cli
 
-    overrides, flags = split_cli_args(sys.argv[1:] if argv is None else argv)
-    if flags.get("help") or flags.get("h"):
-        print(USAGE)
-        for group in ("model", "norm", "data", "optim", "zero", "train"):
-            print(f"  {group}: {', '.join(sorted(available_options(group)))}")
-        return 0
+    groups = "\n".join(f"  {g}: {', '.join(sorted(available_options(g)))}" for g in GROUPS)
+    overrides, _ = parse_cli(argv, f"{USAGE}\nConfig groups and their options:\n{groups}", {})
     try:
         cfg = compose(overrides)  # before any process group or allocation: a typo costs nothing
     except ConfigError as e:
