@@ -120,6 +120,9 @@ class TrainConfig:
     save_interval: int = 500
     keep_last: int = 2  # checkpoints kept in the run directory (the newest ones)
     resume: str = "auto"  # auto (newest complete checkpoint in the run directory) | never | a checkpoint path
+    # Start a fresh run from these weights (a Hugging Face folder or one of our checkpoints) instead of a random
+    # init; the shape must match, the norm placement need not. Ignored when resuming.
+    init_from: str = ""
     tensorboard: bool = True
     progress_bar: bool = True
     diag_interval: int = 0  # per-layer gradient norms every N steps; 0 = off

@@ -19,15 +19,6 @@ evaluate_cli = sys.modules["evaluate_cli"] = importlib.util.module_from_spec(spe
 spec.loader.exec_module(evaluate_cli)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on one thread: on shared cores a second thread makes every op wait for a time slice."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed=0, max_seq_len=128):
     torch.manual_seed(seed)
     model = Transformer(ModelConfig(name="tiny", dim=32, n_layers=2, n_heads=2, ffn_dim=64, vocab_size=512,

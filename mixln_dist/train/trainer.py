@@ -28,6 +28,7 @@ from .distributed import DistEnv, run_on_main
 from .ds_config import BatchPlan, deepspeed_config, plan_batches, resolve_precision
 from .metrics import MetricsLogger, flops_per_token, format_train_line, peak_flops
 from .optim import build_optimizer, build_scheduler, choose_impl, lr_factor
+from .warm_start import load_weights, read_weights
 
 
 def repair_loaded_optimizer(optimizer, hyperparameters: List[dict]) -> None:
@@ -94,6 +95,14 @@ class Trainer:
         return plan_batches(t.micro_batch_size, accum, global_batch, self.env.world_size)
 
     def _build_model(self, ds_config: dict) -> Transformer:
+        model = self._initialised_model(ds_config)
+        if self.cfg.train.init_from and not self.resume:
+            state = read_weights(self.cfg.train.init_from, self.cfg.model)
+            load_weights(model, state, zero3=self.cfg.zero.zero_init, is_main=self.env.is_main)
+            self.log(f"initialised from {self.cfg.train.init_from}")
+        return model
+
+    def _initialised_model(self, ds_config: dict) -> Transformer:
         cfg = self.cfg
         if cfg.zero.zero_init:
             import deepspeed

@@ -23,16 +23,6 @@ def _tiny_model(scheme: str = "mix", *, seed: int = 0, tie: bool = False, n_kv_h
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on shared cores every parallel region waits for both
-    threads to be scheduled: measured 0.6 ms per forward on one thread, 420 ms on two under a load of 4."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_model():
     """Factory: tiny_model(scheme, seed=0, tie=False, n_kv_heads=2, **norm settings) -> Transformer (eval)."""

@@ -34,13 +34,8 @@ def runs(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exports(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see one_thread in conftest.py (module fixtures start before it)
-    try:
-        return {stage: export_checkpoint(run_dir, out / f"z{stage}", log=lambda *a: None)
-                for stage, (run_dir, _) in runs.items()}
-    finally:
-        torch.set_num_threads(threads)
+    return {stage: export_checkpoint(run_dir, out / f"z{stage}", log=lambda *a: None)
+            for stage, (run_dir, _) in runs.items()}
 
 
 def test_exports_verify_against_transformers(exports):

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from conftest import REPO_ROOT
 
@@ -18,10 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+def child_env(threads: Optional[str] = "1") -> dict:
+    """A clean environment for a launched job: no rank variables of this process; `threads` None lets the job
+    choose its own thread count, as a user's run would."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "OMP_NUM_THREADS"):
         env.pop(key, None)
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
     return env
 
 

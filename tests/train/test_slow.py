@@ -42,7 +42,7 @@ def test_default_job_perplexity_falls_tenfold(tmp_path):
     are prepared on first use), about 5 minutes on 2 CPU cores."""
     start = time.time()
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "launch/pretrain.py"), "train.progress_bar=false"],
-                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=1800)
+                          cwd=tmp_path, env=child_env(threads=None), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     evals = [json.loads(line) for line in (tmp_path / "runs/debug-mix/metrics.jsonl").read_text().splitlines()]
     ppl = {e["step"]: e["perplexity"] for e in evals if e["kind"] == "eval"}

@@ -1,0 +1,80 @@
+"""train.init_from seeds a fresh run from a Hugging Face Llama folder or one of our checkpoints."""
+
+import deepspeed
+import pytest
+import torch
+
+from conftest import TINY_VOCAB, tiny_overrides
+from mixln_dist.checkpoint import CheckpointError, load_model
+from mixln_dist.config import compose
+from mixln_dist.export import from_hf_llama
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def env():
+    from mixln_dist.train.distributed import init_distributed
+
+    return init_distributed("cpu", timeout_s=120)
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A stock transformers Llama with the tiny test shape, saved the way transformers saves it."""
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=176,
+                                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                                      max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    folder = tmp_path_factory.mktemp("llama")
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def engine_weights(trainer):
+    params = list(trainer.engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=trainer.cfg.zero.zero_init):
+        return {n: p.detach().clone() for n, p in params}
+
+
+@pytest.mark.parametrize("zero", ["zero=stage2", "zero=stage3_init"])
+def test_a_pre_ln_llama_seeds_a_mix_ln_run(zero, env, tiny_dataset, llama_folder, tmp_path):
+    from mixln_dist.train.trainer import Trainer
+    from safetensors.torch import load_file
+
+    cfg = compose(tiny_overrides(tiny_dataset, tmp_path, zero, "norm=mix", f"train.init_from={llama_folder}",
+                                 "train.steps=2", "train.eval_interval=2"))
+    trainer = Trainer(cfg, env, log=lambda *a, **k: None)
+    expected = from_hf_llama(load_file(llama_folder / "model.safetensors"))
+    weights = engine_weights(trainer)
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(weights[name], tensor), name
+    assert trainer.engine.module.layer_kinds == ["post", "pre", "pre", "pre"]
+    assert trainer.fit()["step"] == 2
+    trainer.engine.destroy()
+
+
+def test_our_checkpoint_seeds_a_run_with_another_scheme(env, tiny_dataset, tmp_path):
+    from mixln_dist.train.trainer import Trainer
+
+    source = Trainer(compose(tiny_overrides(tiny_dataset, tmp_path, "norm=pre", "train.steps=2")), env,
+                     log=lambda *a, **k: None)
+    source.fit()
+    source.engine.destroy()
+    trained, _, _ = load_model(tmp_path / "debug-pre")
+    cfg = compose(tiny_overrides(tiny_dataset, tmp_path, "norm=sandwich", f"train.init_from={tmp_path / 'debug-pre'}"))
+    trainer = Trainer(cfg, env, log=lambda *a, **k: None)
+    weights = engine_weights(trainer)
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(weights[name], tensor), name
+    assert torch.equal(weights["layers.0.attn_out_norm.weight"], torch.ones(64))  # sandwich-only norms start at 1
+    trainer.engine.destroy()
+
+
+def test_a_source_of_another_shape_is_refused(env, tiny_dataset, llama_folder, tmp_path):
+    from mixln_dist.train.trainer import Trainer
+
+    cfg = compose(tiny_overrides(tiny_dataset, tmp_path, "model.n_layers=2", f"train.init_from={llama_folder}"))
+    with pytest.raises(CheckpointError, match=r"another model shape \(model.n_layers: 4 there, 2 here\)"):
+        Trainer(cfg, env)
