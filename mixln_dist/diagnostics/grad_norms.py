@@ -40,16 +40,18 @@ def group_of(name: str) -> Tuple[str, Optional[int]]:
 def grouped_norms(named_grads: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> Dict[str, float]:
     """{"layer3": ..., "layer3.attn": ..., "layer3.mlp": ..., "layer3.norm": ..., "embed": ..., "head": ...,
     "final_norm": ..., "total": ...} from (name, gradient) pairs; a missing gradient counts as zero."""
-    squares: Dict[str, float] = defaultdict(float)
+    keys, sums = [], []  # the squared norms stay on the device; one transfer at the end, not one per tensor
     for name, grad in named_grads:
-        sq = 0.0 if grad is None else grad.detach().double().pow(2).sum().item()
         group, layer = group_of(name)
-        if layer is None:
-            squares[group] += sq
-        else:
-            squares[f"layer{layer}.{group}"] += sq
-            squares[f"layer{layer}"] += sq
-        squares["total"] += sq
+        keys.append([group] if layer is None else [f"layer{layer}.{group}", f"layer{layer}"])
+        sums.append(None if grad is None else grad.detach().double().pow(2).sum())
+    present = [s for s in sums if s is not None]
+    values = iter(torch.stack(present).tolist() if present else [])
+    squares: Dict[str, float] = defaultdict(float)
+    for names, s in zip(keys, sums):
+        sq = 0.0 if s is None else next(values)
+        for key in (*names, "total"):
+            squares[key] += sq
     return {k: math.sqrt(v) for k, v in squares.items()}
 
 
