@@ -16,11 +16,9 @@ import sys
 import tempfile
 import time
 
-import torch
-
 from mixln_dist.config import compose
 from mixln_dist.diagnostics.grad_norms import engine_grad_norms
-from mixln_dist.train.distributed import init_distributed
+from mixln_dist.train.distributed import init_distributed, shutdown
 from mixln_dist.train.trainer import Trainer
 
 
@@ -47,8 +45,8 @@ def main() -> None:
                   f"one collection {1000 * collect:.2f} ms")
             for k in (1, 10, 100):
                 print(f"  train.diag_interval={k:<4} overhead {100 * collect / (k * step):.2f}% of step time")
-        trainer.engine.destroy()
-    torch.distributed.destroy_process_group()
+        trainer.close()
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -99,3 +99,21 @@ def run_on_main(fn, env: DistEnv) -> None:
     dist.broadcast_object_list(outcome, src=0)
     if outcome[0] is not None:
         raise outcome[0]
+
+
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. `clean` (every rank got here normally): first meet at a barrier, so that every
+    collective a rank queued has completed, and collect garbage while the interpreter is whole. Otherwise gloo's
+    worker threads can still hold async-work objects (ZeRO-3 prefetches, for one) whose tensors are freed
+    during interpreter shutdown, which aborts the process ("terminate called without an active exception").
+    After a failure skip the barrier: a peer that died would leave it waiting for the timeout."""
+    import gc
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()

@@ -29,20 +29,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     from ..data import DataError
-    from .distributed import init_distributed
+    from .distributed import init_distributed, shutdown
     from .trainer import Trainer
 
     env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+    clean = False
     try:
-        Trainer(cfg, env).fit()
+        trainer = Trainer(cfg, env)
+        try:
+            trainer.fit()
+        finally:
+            trainer.close()
+        clean = True
     except (ConfigError, DataError, CheckpointError) as e:
-        # Every rank reaches the same verdict from the same inputs; rank 0 speaks for them.
+        # Every rank reaches the same verdict from the same inputs, before any collective; rank 0 speaks for them.
         if env.is_main:
             print(f"error: {e}", file=sys.stderr)
+        clean = True
         return 2
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(clean)
     return 0

@@ -213,10 +213,15 @@ class Trainer:
                 window_start = time.perf_counter()  # checkpoint time is not training throughput
         if bar is not None:
             bar.close()
-        self.metrics.close()
+        self.metrics.flush()
         evals = [h for h in self.history if h["kind"] == "eval"]
         return {"step": self.step, "tokens_seen": self.tokens_seen, "evals": evals,
                 "train": [h for h in self.history if h["kind"] == "train"], "run_dir": str(self.run_dir)}
+
+    def close(self) -> None:
+        """Free DeepSpeed's state (hooks, partitioned parameters, communication handles) and close the logs."""
+        self.engine.destroy()
+        self.metrics.close()
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step over this rank's slice of the next global batch; returns its mean loss."""

@@ -26,7 +26,7 @@ def fit(env, *overrides):
 
     trainer = Trainer(compose(list(overrides)), env, log=lambda *a, **k: None)
     summary = trainer.fit()
-    trainer.engine.destroy()
+    trainer.close()
     return summary
 
 

@@ -52,7 +52,7 @@ def test_a_pre_ln_llama_seeds_a_mix_ln_run(zero, env, tiny_dataset, llama_folder
         assert torch.equal(weights[name], tensor), name
     assert trainer.engine.module.layer_kinds == ["post", "pre", "pre", "pre"]
     assert trainer.fit()["step"] == 2
-    trainer.engine.destroy()
+    trainer.close()
 
 
 def test_our_checkpoint_seeds_a_run_with_another_scheme(env, tiny_dataset, tmp_path):
@@ -61,7 +61,7 @@ def test_our_checkpoint_seeds_a_run_with_another_scheme(env, tiny_dataset, tmp_p
     source = Trainer(compose(tiny_overrides(tiny_dataset, tmp_path, "norm=pre", "train.steps=2")), env,
                      log=lambda *a, **k: None)
     source.fit()
-    source.engine.destroy()
+    source.close()
     trained, _, _ = load_model(tmp_path / "debug-pre")
     cfg = compose(tiny_overrides(tiny_dataset, tmp_path, "norm=sandwich", f"train.init_from={tmp_path / 'debug-pre'}"))
     trainer = Trainer(cfg, env, log=lambda *a, **k: None)
@@ -69,7 +69,7 @@ def test_our_checkpoint_seeds_a_run_with_another_scheme(env, tiny_dataset, tmp_p
     for name, tensor in trained.state_dict().items():
         assert torch.equal(weights[name], tensor), name
     assert torch.equal(weights["layers.0.attn_out_norm.weight"], torch.ones(64))  # sandwich-only norms start at 1
-    trainer.engine.destroy()
+    trainer.close()
 
 
 def test_a_source_of_another_shape_is_refused(env, tiny_dataset, llama_folder, tmp_path):

@@ -22,7 +22,7 @@ def run_fit(cfg, env):
     trainer = Trainer(cfg, env, log=lambda *a, **k: None)
     summary = trainer.fit()
     params = full_param_sums(trainer.engine)
-    trainer.engine.destroy()
+    trainer.close()
     return {"train": summary["train"], "evals": summary["evals"], "param_sums": params}
 
 
@@ -45,7 +45,7 @@ def run_grad_norms(cfg, env):
     for micro in batch.split(trainer.batch.micro_batch_size):
         trainer.engine.backward(trainer._loss(micro))
     norms = engine_grad_norms(trainer.engine)
-    trainer.engine.destroy()
+    trainer.close()
     return {"norms": norms}
 
 
@@ -66,7 +66,7 @@ def run_grads(cfg, env):
     for name, p in trainer.engine.module.named_parameters():
         g = safe_get_full_grad(p)  # collective under ZeRO-3
         grads[name] = g.float().flatten().tolist() if g is not None else None
-    trainer.engine.destroy()
+    trainer.close()
     return {"losses": losses, "grads": grads}
 
 
@@ -74,7 +74,7 @@ def main():
     jobs = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
     from mixln_dist.config import compose
-    from mixln_dist.train.distributed import init_distributed
+    from mixln_dist.train.distributed import init_distributed, shutdown
 
     env = init_distributed("cpu", timeout_s=120)
     for job in jobs:
@@ -85,9 +85,7 @@ def main():
         except Exception as e:  # recorded, not swallowed: the test asserts on it
             result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         (out / f"{job['name']}.rank{env.rank}.json").write_text(json.dumps(result))
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
