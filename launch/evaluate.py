@@ -18,103 +18,53 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 
 from mixln_dist.evaluation import EvalResult, counting_bytes, loss_sums, piece_byte_lengths, sliding_window_sums
+from mixln_dist.pretrained import Pretrained, load_pretrained
 
 
-@dataclass
-class Evaluable:
-    """A model ready to score, whichever way it was stored, with the defaults its training implies."""
-
-    model: torch.nn.Module
-    label: str  # what was loaded, for people
-    tokenizer: Optional[Path]  # the SentencePiece model its ids mean
-    tokenizer_sha256: Optional[str]  # as trained (checkpoints record it)
-    seq_len: int  # training sequence length
-    batch_size: int
-    data_dir: Optional[str]  # the training run's prepared data
-    eval_samples: int  # validation samples the trainer evaluated (0: all)
-
-
-def load_evaluable(path: str, device: torch.device) -> Evaluable:
-    """Our run directory or checkpoint (consolidated, any ZeRO stage), or an exported / Llama Hugging Face folder
-    (through our import, so both are evaluated by the same model code)."""
-    from mixln_dist.export import import_hf_model, read_hf_config
-
-    if (Path(path) / "config.json").is_file():
-        model = import_hf_model(path, device=device)
-        # An export of ours records its training config; a foreign Llama folder gets generic defaults.
-        info = _export_info(Path(path))
-        data_cfg = info.get("mixln_config", {}).get("data", {})
-        train_cfg = info.get("mixln_config", {}).get("train", {})
-        tokenizer = Path(path) / "tokenizer.model"
-        return Evaluable(model, f"{path} ({read_hf_config(path).get('model_type')} folder)",
-                         tokenizer if tokenizer.is_file() else None, info.get("source", {}).get("tokenizer_sha256"),
-                         data_cfg.get("seq_len") or model.cfg.max_seq_len, train_cfg.get("micro_batch_size", 8),
-                         data_cfg.get("dir"), train_cfg.get("eval_samples", 0))
-    from mixln_dist.checkpoint import load_model
-
-    model, cfg, ref = load_model(path, device=device)
-    return Evaluable(model, f"{ref.path} (step {ref.step}, {cfg.model.name}, norm {cfg.norm.scheme})",
-                     Path(cfg.data.tokenizer.path), ref.state().get("tokenizer_sha256"), cfg.data.seq_len,
-                     cfg.train.micro_batch_size, cfg.data.dir, cfg.train.eval_samples)
-
-
-def _export_info(folder: Path) -> dict:
-    from mixln_dist.export.convert import INFO_FILE
-
-    path = folder / INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def check_tokenizer(ev: Evaluable, model_path: str) -> None:
-    """The tokenizer file must exist and, where the training run recorded its checksum, be that one."""
+def check_tokenizer(pre: Pretrained, model_path: str) -> None:
+    """The tokenizer file must exist and, where the training run recorded its checksum, be that one; from then on
+    the file's checksum is what data must match."""
     from mixln_dist.data.meta import sha256_file
 
-    if ev.tokenizer is None or not ev.tokenizer.is_file():
-        raise ValueError(f"no tokenizer for {model_path} ({ev.tokenizer or 'none in the folder'}); "
+    if pre.tokenizer is None or not pre.tokenizer.is_file():
+        raise ValueError(f"no tokenizer for {model_path} ({pre.tokenizer or 'none in the folder'}); "
                          "pass --tokenizer PATH to the SentencePiece .model it was trained with")
-    sha = sha256_file(ev.tokenizer)
-    if ev.tokenizer_sha256 and sha != ev.tokenizer_sha256:
-        raise ValueError(f"{ev.tokenizer} (sha256 {sha[:12]}) is not the tokenizer {model_path} was trained with "
-                         f"({ev.tokenizer_sha256[:12]}); pass --tokenizer with the original .model")
-    ev.tokenizer_sha256 = sha
+    sha = sha256_file(pre.tokenizer)
+    pre.check_tokenizer(sha, str(pre.tokenizer))
+    pre.tokenizer_sha256 = sha
 
 
-def evaluate_shards(ev: Evaluable, data_dir: str, seq_len: int, batch_size: int, samples: int, split: str,
+def evaluate_shards(pre: Pretrained, data_dir: str, seq_len: int, batch_size: int, samples: int, split: str,
                     byte_lengths: torch.Tensor, device: torch.device) -> EvalResult:
     """The trainer's evaluation (same batches, same loss_sums) plus the bytes of the scored targets."""
     from mixln_dist.data import DatasetMeta, eval_batches
 
-    meta = DatasetMeta.load(data_dir)
-    if meta.tokenizer_sha256 != ev.tokenizer_sha256:
-        raise ValueError(f"{data_dir} was prepared with tokenizer {meta.tokenizer_sha256[:12]}, but the model's is "
-                         f"{ev.tokenizer_sha256[:12]}: its ids mean other pieces; evaluate on data prepared with "
-                         "the model's tokenizer")
+    pre.check_tokenizer(DatasetMeta.load(data_dir).tokenizer_sha256, str(data_dir))
     n_bytes = [0]
     batches = counting_bytes(eval_batches(data_dir, seq_len, batch_size, 0, 1, samples, split), byte_lengths, n_bytes)
-    loss_sum, tokens = loss_sums(ev.model, batches, device).tolist()
+    loss_sum, tokens = loss_sums(pre.model, batches, device).tolist()
     return EvalResult.from_sums(loss_sum, int(tokens), n_bytes[0])
 
 
-def evaluate_text(ev: Evaluable, files: List[str], seq_len: int, stride: int, batch_size: int,
+def evaluate_text(pre: Pretrained, files: List[str], seq_len: int, stride: int, batch_size: int,
                   byte_lengths: torch.Tensor, device: torch.device) -> EvalResult:
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(ev.tokenizer))
+    sp = spm.SentencePieceProcessor(model_file=str(pre.tokenizer))
     if sp.eos_id() < 0:
-        raise ValueError(f"tokenizer {ev.tokenizer} has no EOS piece to start documents with")
+        raise ValueError(f"tokenizer {pre.tokenizer} has no EOS piece to start documents with")
     loss_sum, tokens, n_bytes = 0.0, 0, 0
     for file in files:
         ids = sp.encode(Path(file).read_text(encoding="utf-8"))
         if not ids:
             continue
-        s, n = sliding_window_sums(ev.model, [sp.eos_id()] + ids, seq_len, stride, batch_size, device)
+        s, n = sliding_window_sums(pre.model, [sp.eos_id()] + ids, seq_len, stride, batch_size, device)
         loss_sum, tokens, n_bytes = loss_sum + s, tokens + n, n_bytes + int(byte_lengths[ids].sum())
     return EvalResult.from_sums(loss_sum, tokens, n_bytes)
 
@@ -147,30 +97,30 @@ def main(argv=None) -> int:
                           "cpu" if args.device == "auto" else args.device)
     start = time.perf_counter()
     try:
-        ev = load_evaluable(args.model, device)
+        pre = load_pretrained(args.model, device)
         if args.tokenizer:
-            ev.tokenizer = Path(args.tokenizer)
-        check_tokenizer(ev, args.model)
-        seq_len = args.seq_len or ev.seq_len
-        batch_size = args.batch_size or ev.batch_size
-        byte_lengths = piece_byte_lengths(str(ev.tokenizer))
+            pre.tokenizer = Path(args.tokenizer)
+        check_tokenizer(pre, args.model)
+        seq_len = args.seq_len or pre.seq_len
+        batch_size = args.batch_size or pre.micro_batch_size
+        byte_lengths = piece_byte_lengths(str(pre.tokenizer))
         if args.text:
             stride = args.stride or max(1, seq_len // 2)
-            result = evaluate_text(ev, args.text, seq_len, stride, batch_size, byte_lengths, device)
+            result = evaluate_text(pre, args.text, seq_len, stride, batch_size, byte_lengths, device)
             data = f"{len(args.text)} text file(s), window {seq_len}, stride {stride}"
         else:
-            data_dir = args.shards or ev.data_dir
+            data_dir = args.shards or pre.data_dir
             if not data_dir:
                 raise ValueError("this folder does not record its training data; pass --shards DIR")
-            samples = ev.eval_samples if args.samples is None else args.samples
-            result = evaluate_shards(ev, data_dir, seq_len, batch_size, samples, args.split, byte_lengths, device)
+            samples = pre.eval_samples if args.samples is None else args.samples
+            result = evaluate_shards(pre, data_dir, seq_len, batch_size, samples, args.split, byte_lengths, device)
             data = (f"{data_dir} {args.split} split, seq_len {seq_len}, "
                     + (f"first {samples} samples" if samples else "all samples"))
     except (CheckpointError, ExportError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    print(f"model: {ev.label}\ndata:  {data}: {result.tokens:,} tokens, {result.bytes:,} bytes\n"
+    print(f"model: {pre.label}\ndata:  {data}: {result.tokens:,} tokens, {result.bytes:,} bytes\n"
           f"loss {result.loss:.6f} nats/token | perplexity {result.perplexity:.4f} | "
           f"bits/byte {result.bits_per_byte:.6f} | {seconds:.1f} s")
     if args.json:

@@ -152,7 +152,7 @@ def test_data_from_another_tokenizer_is_refused(hf_folder, tiny_dataset, tmp_pat
     (other / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": "0" * 64}))
     assert DatasetMeta.load(other).tokenizer_sha256 == "0" * 64
     code, _, err = run(capsys, hf_folder, "--shards", other, "--seq-len", 64)
-    assert code == 1 and "prepared with tokenizer 000000000000" in err
+    assert code == 1 and "other uses tokenizer sha256 000000000000" in err
 
 
 def test_a_folder_without_a_tokenizer_asks_for_one(tmp_path, capsys):

@@ -109,7 +109,7 @@ def analyze(args: argparse.Namespace) -> None:
     subject = load_subject(args.checkpoint, device)
     if args.dtype == "bf16":
         subject.model.to(torch.bfloat16)
-    out = args.out or subject.default_out
+    out = args.out or subject.analysis_dir
     if out is None:
         raise AnalysisError(f"{args.checkpoint} is not a training run, so there is no default output folder; "
                             "pass --out DIR")

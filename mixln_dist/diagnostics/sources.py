@@ -5,16 +5,14 @@ testable without any of this; these functions are the glue for `launch/analyze.p
 from __future__ import annotations
 
 import gzip
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..config import REPO_ROOT
-from ..model import Transformer
+from ..checkpoint import CheckpointError
+from ..pretrained import Pretrained, load_pretrained
 from .angular import sliding_windows, window_starts
 
 
@@ -22,76 +20,19 @@ class AnalysisError(ValueError):
     """An analysis that cannot run as asked; the message names the problem and the fix."""
 
 
-@dataclass
-class Subject:
-    """A model under analysis and what is known about where it came from."""
-
-    model: Transformer
-    label: str  # for titles and the report: "debug-mix, step 600"
-    meta: dict  # written next to every result
-    default_out: Optional[Path]  # where results go without --out
-    tokenizer: Optional[Path]  # the SentencePiece model its token ids mean
-    tokenizer_sha256: Optional[str]  # of the tokenizer it was trained with, where recorded
-    data_dir: Optional[Path]  # the run's prepared shards
-    seq_len: int  # the training sequence length
-
-
-def load_subject(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Subject:
-    """A run directory, a `checkpoints/step_NNNNNNN` folder, or a Hugging Face folder (ours or a stock Llama)."""
-    path = Path(path)
-    if not path.exists():
-        raise AnalysisError(f"{path} does not exist; give a run directory, a checkpoint folder or a Hugging Face "
-                            "folder")
-    if (path / "config.json").is_file():
-        return _hf_subject(path, device)
-    from ..checkpoint import CheckpointError, load_model
-
+def load_subject(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Pretrained:
+    """The model to analyse (see mixln_dist.pretrained), its failures as AnalysisError."""
     try:
-        model, cfg, ref = load_model(path, device)
+        return load_pretrained(path, device)
     except CheckpointError as e:
         raise AnalysisError(str(e)) from None
-    run_name = ref.root.parent.name
-    meta = {"path": str(ref.path), "run_name": run_name, "step": ref.step, "model": cfg.model.name,
-            "scheme": cfg.norm.scheme, "layer_kinds": model.layer_kinds}
-    return Subject(model, f"{run_name}, step {ref.step}", meta, ref.root.parent / "analysis" / ref.tag,
-                   _here(cfg.data.tokenizer.path), ref.state().get("tokenizer_sha256"), _here(cfg.data.dir),
-                   cfg.data.seq_len)
 
 
-def _hf_subject(path: Path, device) -> Subject:
-    """Reading a Hugging Face folder is the export package's job; imported here, lazily, so that analysing our
-    own checkpoints never depends on it. An export of ours records its source run, used for the defaults."""
-    from ..export.convert import INFO_FILE, ExportError, import_hf_model
-
+def _check_tokenizer(sha256: str, subject: Pretrained, what: str) -> None:
     try:
-        model = import_hf_model(path, device=device)
-    except ExportError as e:
+        subject.check_tokenizer(sha256, what)
+    except CheckpointError as e:
         raise AnalysisError(str(e)) from None
-    info = json.loads((path / INFO_FILE).read_text()) if (path / INFO_FILE).is_file() else {}
-    source, data = info.get("source", {}), info.get("mixln_config", {}).get("data", {})
-    name = path.resolve().name
-    meta = {"path": str(path), "run_name": name, "step": source.get("step"), "model": model.cfg.name,
-            "scheme": model.norm_cfg.scheme, "layer_kinds": model.layer_kinds}
-    tokenizer = path / "tokenizer.model"
-    return Subject(model, name if meta["step"] is None else f"{name}, step {meta['step']}", meta, None,
-                   tokenizer if tokenizer.is_file() else None, source.get("tokenizer_sha256"),
-                   _here(data["dir"]) if data.get("dir") else None, data.get("seq_len") or model.cfg.max_seq_len)
-
-
-def _here(path: str) -> Path:
-    """A path from a run's config. Relative ones are relative to where training started, usually the checkout
-    (the default job's data.dir): try the current folder, then the checkout."""
-    path = Path(path)
-    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
-        return path
-    return REPO_ROOT / path
-
-
-def _check_tokenizer(sha256: str, subject: Subject, what: str) -> None:
-    if subject.tokenizer_sha256 and sha256 != subject.tokenizer_sha256:
-        raise AnalysisError(f"{what} uses tokenizer sha256 {sha256[:12]}, but {subject.label} was trained with "
-                            f"{subject.tokenizer_sha256[:12]}: its token ids would mean other pieces; use data "
-                            "prepared with the model's tokenizer")
 
 
 # Tokens -------------------------------------------------------------------------------------------------------
@@ -103,7 +44,7 @@ class TextSource:
     """Text files (plain or .gz) tokenized with the model's tokenizer, each one document read after an EOS (the
     separator the model was trained with, as `launch/evaluate.py` reads text), all concatenated."""
 
-    def __init__(self, files: Sequence[Union[str, Path]], subject: Subject, seq_len: int):
+    def __init__(self, files: Sequence[Union[str, Path]], subject: Pretrained, seq_len: int):
         if subject.tokenizer is None or not subject.tokenizer.is_file():
             raise AnalysisError(
                 f"--text needs the model's tokenizer, but {subject.tokenizer or 'none'} is not a file; analyze the "
@@ -144,7 +85,7 @@ class TextSource:
 class ShardSource:
     """A prepared data directory, read through the data package exactly as the trainer evaluates it."""
 
-    def __init__(self, data_dir: Path, subject: Subject, seq_len: int, split: str = "validation"):
+    def __init__(self, data_dir: Path, subject: Pretrained, seq_len: int, split: str = "validation"):
         from ..data import DataError, DatasetMeta
 
         try:

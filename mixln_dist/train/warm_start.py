@@ -8,14 +8,14 @@ Only weights are taken; the optimizer, schedule and data order start fresh.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict
 
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, consolidated_state_dict, resolve
+from ..checkpoint import CheckpointError
 from ..model import ModelConfig
+from ..pretrained import load_pretrained
 
 SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "kv_heads", "ffn_dim", "vocab_size", "tie_embeddings")
 # Sandwich-LN's output norms exist in no other placement; a source without them leaves them at 1.
@@ -24,22 +24,15 @@ OPTIONAL = ("attn_out_norm.weight", "mlp_out_norm.weight")
 
 def read_weights(path: str, model_cfg: ModelConfig) -> Dict[str, torch.Tensor]:
     """The fp32 weights at `path`, checked against the run's model shape."""
-    source = Path(path)
-    if (source / "config.json").is_file():
-        from ..export import load_hf
-
-        state, source_cfg, _ = load_hf(source)
-    else:
-        ref = resolve(source)
-        state, source_cfg = consolidated_state_dict(ref), ref.config().model
-    differences = [f"model.{f}: {getattr(source_cfg, f)} there, {getattr(model_cfg, f)} here"
-                   for f in SHAPE_FIELDS if getattr(source_cfg, f) != getattr(model_cfg, f)]
+    source = load_pretrained(path).model
+    differences = [f"model.{f}: {getattr(source.cfg, f)} there, {getattr(model_cfg, f)} here"
+                   for f in SHAPE_FIELDS if getattr(source.cfg, f) != getattr(model_cfg, f)]
     if differences:
         raise CheckpointError(
             f"train.init_from={path} has another model shape ({'; '.join(differences)}); set the run's model "
             "to the source's shape"
         )
-    return state
+    return source.state_dict()
 
 
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], zero3: bool, is_main: bool) -> None:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from mixln_dist.diagnostics.cli import main
-from mixln_dist.diagnostics.sources import AnalysisError, ShardSource, Subject, TextSource, load_subject
+from mixln_dist.diagnostics.sources import AnalysisError, ShardSource, TextSource, load_subject
 from mixln_dist.model import NormConfig
+from mixln_dist.pretrained import Pretrained
 
 from .helpers import build, tokens
 
@@ -49,7 +50,7 @@ def test_a_path_that_is_nothing_is_a_clear_error(tmp_path):
 
 def test_tokens_from_another_tokenizer_are_refused(tiny_dataset, tmp_path):
     """Token ids only mean something under the tokenizer the model was trained with (checkpoints record it)."""
-    subject = Subject(build(NormConfig(scheme="pre")), "tiny", {}, None, tiny_dataset / "tokenizer.model",
+    subject = Pretrained(build(NormConfig(scheme="pre")), "tiny", {}, tiny_dataset / "tokenizer.model",
                       "0" * 64, None, 16)
     text = tmp_path / "a.txt"
     text.write_text("It was a truth universally acknowledged.")
@@ -62,7 +63,7 @@ def test_tokens_from_another_tokenizer_are_refused(tiny_dataset, tmp_path):
 def test_shard_source_reads_the_trainers_samples_and_windows_across_the_split(tiny_dataset):
     from mixln_dist.data import TokenStream, eval_batches
 
-    subject = Subject(build(NormConfig(scheme="pre")), "tiny", {}, None, None, None, None, 16)
+    subject = Pretrained(build(NormConfig(scheme="pre")), "tiny", {}, None, None, None, 16)
     source = ShardSource(tiny_dataset, subject, 16)
     expected = torch.cat([t[v] for t, v in eval_batches(tiny_dataset, 16, 5, 0, 1, max_samples=7)])
     assert torch.equal(source.rows(7), expected)
@@ -78,7 +79,7 @@ def test_shard_source_reads_the_trainers_samples_and_windows_across_the_split(ti
 def test_text_source_reads_each_file_after_an_eos(tiny_dataset, tmp_path):
     from mixln_dist.data import Tokenizer
 
-    subject = Subject(build(NormConfig(scheme="pre")), "tiny", {}, None, tiny_dataset / "tokenizer.model",
+    subject = Pretrained(build(NormConfig(scheme="pre")), "tiny", {}, tiny_dataset / "tokenizer.model",
                       None, None, 4)
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("Emma Woodhouse, handsome, clever, and rich.")
