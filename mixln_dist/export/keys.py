@@ -13,28 +13,26 @@ from typing import Dict
 
 import torch
 
-_OURS_TO_HF = [
-    (r"^embed_tokens\.", "model.embed_tokens."),
-    (r"^layers\.(\d+)\.attn\.", r"model.layers.\1.self_attn."),
-    (r"^layers\.(\d+)\.mlp\.", r"model.layers.\1.mlp."),
-    (r"^layers\.(\d+)\.attn_norm\.", r"model.layers.\1.input_layernorm."),
-    (r"^layers\.(\d+)\.mlp_norm\.", r"model.layers.\1.post_attention_layernorm."),
-    (r"^layers\.(\d+)\.attn_out_norm\.", r"model.layers.\1.attn_output_layernorm."),
-    (r"^layers\.(\d+)\.mlp_out_norm\.", r"model.layers.\1.mlp_output_layernorm."),
-    (r"^norm\.", "model.norm."),
-    (r"^lm_head\.", "lm_head."),
+# (ours, Hugging Face) name prefixes; "{i}" stands for the layer index. Both directions are built from this one list.
+_PREFIXES = [
+    ("embed_tokens.", "model.embed_tokens."),
+    ("layers.{i}.attn.", "model.layers.{i}.self_attn."),
+    ("layers.{i}.mlp.", "model.layers.{i}.mlp."),
+    ("layers.{i}.attn_norm.", "model.layers.{i}.input_layernorm."),
+    ("layers.{i}.mlp_norm.", "model.layers.{i}.post_attention_layernorm."),
+    ("layers.{i}.attn_out_norm.", "model.layers.{i}.attn_output_layernorm."),
+    ("layers.{i}.mlp_out_norm.", "model.layers.{i}.mlp_output_layernorm."),
+    ("norm.", "model.norm."),
+    ("lm_head.", "lm_head."),
 ]
-_HF_TO_OURS = [
-    (r"^model\.embed_tokens\.", "embed_tokens."),
-    (r"^model\.layers\.(\d+)\.self_attn\.", r"layers.\1.attn."),
-    (r"^model\.layers\.(\d+)\.mlp\.", r"layers.\1.mlp."),
-    (r"^model\.layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
-    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
-    (r"^model\.layers\.(\d+)\.attn_output_layernorm\.", r"layers.\1.attn_out_norm."),
-    (r"^model\.layers\.(\d+)\.mlp_output_layernorm\.", r"layers.\1.mlp_out_norm."),
-    (r"^model\.norm\.", "norm."),
-    (r"^lm_head\.", "lm_head."),
-]
+
+
+def _table(pairs):
+    return [("^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)"), dst.replace("{i}", r"\1")) for src, dst in pairs]
+
+
+_OURS_TO_HF = _table(_PREFIXES)
+_HF_TO_OURS = _table([(hf, ours) for ours, hf in _PREFIXES])
 
 
 def _rename(key: str, table) -> str:
