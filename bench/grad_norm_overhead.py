@@ -17,7 +17,8 @@ import tempfile
 import time
 
 from mixln_dist.config import compose
-from mixln_dist.diagnostics.grad_norms import engine_grad_norms
+from mixln_dist.evaluation import next_token_loss
+from mixln_dist.grad_norms import engine_grad_norms
 from mixln_dist.train.distributed import init_distributed, shutdown
 from mixln_dist.train.trainer import Trainer
 
@@ -38,7 +39,7 @@ def main() -> None:
         step = timed(trainer.train_step, 30)
         # Gradients of a fresh batch, left in place (no optimizer step), read repeatedly.
         for micro in trainer.loader.next_batch().to(env.device).split(trainer.batch.micro_batch_size):
-            trainer.engine.backward(trainer._loss(micro))
+            trainer.engine.backward(next_token_loss(trainer.engine, micro))
         collect = timed(lambda: engine_grad_norms(trainer.engine), 20)
         if env.is_main:
             print(f"{cfg.model.name}, ZeRO-{cfg.zero.stage}, {env.world_size} rank(s): step {1000 * step:.1f} ms, "

@@ -1,47 +1,10 @@
 #!/usr/bin/env python
-"""Export a checkpoint to a Hugging Face folder, proven equal to our model before it is written.
+"""Export a checkpoint to a verified Hugging Face folder (mixln_dist/cli/export_hf.py; `mixln-export-hf`).
 
-    python launch/export_hf.py runs/debug-mix hf/debug-mix                  # newest complete checkpoint
-    python launch/export_hf.py runs/debug-mix/checkpoints/step_0000300 hf/s300 --dtype bf16 --shard-size 2GB
-
-Any ZeRO stage and any number of training ranks (DeepSpeed's consolidation, no process group). A Pre-LN model
-becomes a stock LlamaForCausalLM; any other placement ships its modeling code (load it with
-`trust_remote_code=True`). See docs/export.md.
+    python launch/export_hf.py runs/debug-mix0.25 hf/debug-mix
 """
 
-import argparse
-import sys
-
-from mixln_dist.checkpoint import CheckpointError
-from mixln_dist.export import DTYPES, ExportError, export_checkpoint
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="run directory, its checkpoints/ folder, or one checkpoints/step_N folder")
-    p.add_argument("out_dir", help="the Hugging Face folder to write (must not exist or be empty, unless --force)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                   help="weight storage precision (default fp32: the trained master weights, exactly)")
-    p.add_argument("--shard-size", default="5GB", help="largest safetensors file, e.g. 2GB or 500MB (default 5GB)")
-    p.add_argument("--tokenizer", help="SentencePiece .model to ship (default: the run's data.tokenizer.path)")
-    p.add_argument("--force", action="store_true", help="replace an existing non-empty out_dir")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip loading the export with transformers to compare logits and generation "
-                        "(saves time and a second copy of the model in memory)")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        result = export_checkpoint(args.checkpoint, args.out_dir, tokenizer=args.tokenizer, dtype=DTYPES[args.dtype],
-                                   shard_size=args.shard_size, force=args.force, verify=args.verify)
-    except (CheckpointError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(result.summary())
-    return 0
-
+from mixln_dist.cli.export_hf import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

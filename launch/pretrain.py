@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain a Mix-LN LLaMA with DeepSpeed ZeRO.
+"""Pretrain a Mix-LN LLaMA with DeepSpeed ZeRO (mixln_dist/cli/pretrain.py; installed as `mixln-pretrain`).
 
     deepspeed launch/pretrain.py                                   # the default job (debug model, sample corpus)
     deepspeed --num_gpus 8 launch/pretrain.py model=llama_1b norm=mix zero=stage2 optim=paper
@@ -7,9 +7,7 @@
     python launch/pretrain.py --help
 """
 
-import sys
-
-from mixln_dist.train.launch import main
+from mixln_dist.cli.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -7,9 +7,10 @@
         latest                      tag of the newest *complete* checkpoint (DeepSpeed's pointer format)
         step_0000300/               DeepSpeed's files (any ZeRO stage) plus ours:
           config.yaml               the resolved config that produced it
-          rng_rank<r>.pt            every rank's RNG states
-          trainer_state.json        step, tokens, data-loader state, world size...; written last, after every
-                                    rank finished writing, so its presence means the checkpoint is complete
+          rank<r>.pt                each rank's own stateful parts (its random generators): tensors only
+          trainer_state.json        the run's facts (step, world size, ZeRO stage...) and its shared stateful
+                                    parts (progress, data-loader position); written last, after every rank
+                                    finished writing, so its presence means the checkpoint is complete
         step_0000300.universal/     a DeepSpeed universal checkpoint, made on demand to resume on another
                                     number of ranks or ZeRO stage
 
@@ -25,12 +26,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 
 from .config import Config, load_config
-from .model import Transformer
+from .errors import CheckpointError
+from .model import Transformer, build_model
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -38,12 +40,12 @@ CONFIG_FILE = "config.yaml"
 TAG_RE = re.compile(r"^step_(\d{7,})$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or does not fit the run."""
-
-
 def tag_for(step: int) -> str:
     return f"step_{step:07d}"
+
+
+def rank_file(checkpoint: Path, rank: int) -> Path:
+    return checkpoint / f"rank{rank}.pt"
 
 
 @dataclass(frozen=True)
@@ -115,20 +117,8 @@ def load_model(path: Union[str, Path], device: Union[str, torch.device] = "cpu")
     """Rebuild the trained model from a checkpoint: (fp32 model in eval mode, its config, the checkpoint)."""
     ref = resolve(path)
     cfg = ref.config()
-    with torch.device("meta"):
-        model = Transformer(cfg.model, cfg.norm)
-    model.to_empty(device=device)
-    model.reset_rope()
-    state = consolidated_state_dict(ref)
-    if cfg.model.tie_embeddings:
-        state.setdefault("lm_head.weight", state["embed_tokens.weight"])
     try:
-        model.load_state_dict(state, strict=True)
+        model = build_model(cfg.model, cfg.norm, device, consolidated_state_dict(ref))
     except RuntimeError as e:
-        raise CheckpointError(f"{ref.path} does not match its own config.yaml: {e}") from None
+        raise CheckpointError(f"{ref.path} does not match its own config.yaml: {e}") from e
     return model.eval(), cfg, ref
-
-
-def latest_pointer(root: Path) -> Optional[str]:
-    pointer = root / "latest"
-    return pointer.read_text().strip() if pointer.is_file() else None

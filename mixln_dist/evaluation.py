@@ -1,5 +1,5 @@
-"""Validation loss, computed one way for the trainer, `launch/evaluate.py` and the diagnostics, so their numbers
-agree: the mean next-token cross-entropy (nats) over every target token of the evaluated samples.
+"""The loss, computed one way for training, the trainer's validation, `launch/evaluate.py` and the diagnostics, so
+their numbers agree: next-token cross-entropy (nats), its mean over every target token of the samples.
 
 Beyond the trainer's fixed-length samples (`loss_sums`), long text is scored with sliding windows
 (`sliding_window_sums`: every token once, with as much left context as the window allows), and bits per byte
@@ -19,11 +19,22 @@ import torch.nn.functional as F
 Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, vocab)
 
 
+def next_token_loss(forward: Forward, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of predicting tokens[:, 1:] from tokens[:, :-1] (tokens: (B, T+1)), in fp32 whatever the
+    model computes in: the mean over every target (the training loss), or per target, (B, T), with "none"."""
+    logits = forward(tokens[:, :-1])
+    loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction)
+    return loss.view(tokens.shape[0], -1) if reduction == "none" else loss
+
+
 def token_losses(forward: Forward, tokens: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each target of tokens (B, T+1) -> (B, T) float32."""
-    logits = forward(tokens[:, :-1])
-    loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-    return loss.view(tokens.shape[0], -1)
+    return next_token_loss(forward, tokens, reduction="none")
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean loss); clamped because exp overflows a float above ~709 nats (an untrained or diverged model)."""
+    return math.exp(min(loss, 700.0))
 
 
 def sample_losses(forward: Forward, tokens: torch.Tensor) -> torch.Tensor:
@@ -88,7 +99,7 @@ class EvalResult:
     def from_sums(cls, loss_sum: float, tokens: int, n_bytes: int) -> "EvalResult":
         loss = loss_sum / max(tokens, 1)
         bpb = loss_sum / (math.log(2) * n_bytes) if n_bytes else float("nan")
-        return cls(loss, math.exp(min(loss, 700.0)), bpb, tokens, n_bytes)
+        return cls(loss, perplexity(loss), bpb, tokens, n_bytes)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -16,8 +16,8 @@ from typing import Optional, Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
-from .config import REPO_ROOT
+from .checkpoint import load_model
+from .errors import CheckpointError, ExportError
 from .model import Transformer
 
 
@@ -45,7 +45,9 @@ class Pretrained:
 
 
 def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Pretrained:
-    """A run directory, a `checkpoints/step_NNNNNNN` folder, or a Hugging Face folder. Raises CheckpointError."""
+    """A run directory, a `checkpoints/step_NNNNNNN` folder, or a Hugging Face folder. Raises CheckpointError or
+    ExportError. Paths a run's config recorded are absolute (mixln_dist.paths); older relative ones are taken
+    relative to the current directory."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a run directory, a checkpoint folder or a Hugging Face "
@@ -56,21 +58,22 @@ def load_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
     run_name = ref.root.parent.name
     meta = {"path": str(ref.path), "run_name": run_name, "step": ref.step, "model": cfg.model.name,
             "scheme": cfg.norm.scheme, "layer_kinds": model.layer_kinds}
-    return Pretrained(model, f"{run_name}, step {ref.step}", meta, config_path(cfg.data.tokenizer.path),
-                      ref.state().get("tokenizer_sha256"), config_path(cfg.data.dir), cfg.data.seq_len,
+    return Pretrained(model, f"{run_name}, step {ref.step}", meta, Path(cfg.data.tokenizer.path),
+                      ref.state().get("tokenizer_sha256"), Path(cfg.data.dir), cfg.data.seq_len,
                       cfg.train.micro_batch_size, cfg.train.eval_samples, ref.root.parent / "analysis" / ref.tag)
 
 
 def _from_hf_folder(path: Path, device) -> Pretrained:
     """Reading the folder is the export package's job (imported lazily: our own checkpoints never need it). An
     export of ours records the run it came from, which supplies the defaults; a foreign Llama gets generic ones."""
-    from .export.convert import INFO_FILE, ExportError, import_hf_model
+    from .export.convert import INFO_FILE, import_hf_model
 
+    model = import_hf_model(path, device=device)
     try:
-        model = import_hf_model(path, device=device)
-    except ExportError as e:
-        raise CheckpointError(str(e)) from None
-    info = json.loads((path / INFO_FILE).read_text()) if (path / INFO_FILE).is_file() else {}
+        info = json.loads((path / INFO_FILE).read_text()) if (path / INFO_FILE).is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path / INFO_FILE} cannot be read ({e}); it only records where the export came from: "
+                          "delete it to load the folder as a foreign Llama") from e
     source = info.get("source", {})
     data, train = info.get("mixln_config", {}).get("data", {}), info.get("mixln_config", {}).get("train", {})
     name = path.resolve().name
@@ -79,15 +82,6 @@ def _from_hf_folder(path: Path, device) -> Pretrained:
     tokenizer = path / "tokenizer.model"
     return Pretrained(model, name if meta["step"] is None else f"{name}, step {meta['step']}", meta,
                       tokenizer if tokenizer.is_file() else None, source.get("tokenizer_sha256"),
-                      config_path(data["dir"]) if data.get("dir") else None,
+                      Path(data["dir"]) if data.get("dir") else None,
                       data.get("seq_len") or model.cfg.max_seq_len, train.get("micro_batch_size", 8),
                       train.get("eval_samples", 0))
-
-
-def config_path(path: str) -> Path:
-    """A path from a run's config. Relative ones are relative to where training started, usually the checkout
-    (the default job's data.dir): the current folder if it exists there, else the checkout."""
-    path = Path(path)
-    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
-        return path
-    return REPO_ROOT / path

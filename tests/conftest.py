@@ -19,17 +19,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from mixln_dist.paths import package_file  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_CORPORA = REPO_ROOT.parent / "shared" / "corpora"
+SAMPLE_CORPUS = package_file("corpora/sample")  # the bundled sample, inside the package
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-@pytest.fixture
-def shared_corpora() -> Path:
-    """../shared/corpora beside the checkout, where it exists (skips cleanly elsewhere)."""
-    if not SHARED_CORPORA.is_dir():
-        pytest.skip(f"{SHARED_CORPORA} is not present on this machine")
-    return SHARED_CORPORA
 
 
 TINY_VOCAB = 512

@@ -18,7 +18,20 @@ def test_defaults_compose_into_the_default_job():
     assert cfg.model == FLAVORS["debug"]
     assert (cfg.norm.scheme, cfg.norm.alpha, cfg.norm.post_layers) == ("mix", 0.25, None)
     assert cfg.data.name == "sample" and cfg.zero.stage == 2
-    assert cfg.train.run_name == "debug-mix"  # interpolations are resolved
+    assert cfg.train.run_name == "debug-mix0.25"  # interpolations are resolved
+
+
+def test_default_run_names_keep_norm_placements_apart():
+    """A sweep over alpha (or the post-layer count, or schemes) starts separate runs instead of refusing to resume
+    one another's checkpoints."""
+    sweeps = [(), ("norm.alpha=0.125",), ("norm.alpha=0.5",), ("norm.alpha=0",), ("norm.post_layers=1",),
+              ("norm=pre",), ("norm=pre", "norm.scaled_init=true"), ("norm=post",),
+              ("norm.layer_kinds=[post,pre,post,pre]",), ("norm.layer_kinds=[pre,post,pre,post]",)]
+    names = [compose(list(o)).train.run_name for o in sweeps]
+    assert len(set(names)) == len(names), names
+    assert names[:5] == ["debug-mix0.25", "debug-mix0.125", "debug-mix0.5", "debug-mix0", "debug-mix-post1"]
+    assert names[5:8] == ["debug-pre", "debug-pre-scaled", "debug-post"]
+    assert compose(["train.run_name=mine"]).train.run_name == "mine"
 
 
 def test_group_and_dotted_overrides_apply():
@@ -28,7 +41,7 @@ def test_group_and_dotted_overrides_apply():
     assert cfg.norm.alpha == 0.25 and cfg.zero.stage == 3
     assert cfg.optim.lr == 5e-4 and cfg.optim.weight_decay == 0.0  # lr override wins over the group's value
     assert cfg.optim.betas == [0.8, 0.9] and cfg.train.steps == 7
-    assert cfg.train.run_name == "llama_1b-mix"
+    assert cfg.train.run_name == "llama_1b-mix0.25"
 
 
 def test_group_switch_replaces_the_whole_group():
@@ -83,7 +96,7 @@ def test_loading_a_yaml_with_an_unknown_key_fails(tmp_path):
 def test_model_summary_cli_for_7b_without_allocating():
     start = time.time()
     out = subprocess.run(
-        [sys.executable, "-m", "mixln_dist.model", "model=llama_7b", "norm=mix", "norm.post_layers=2"],
+        [sys.executable, "-m", "mixln_dist.cli.model", "model=llama_7b", "norm=mix", "norm.post_layers=2"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=True,
     ).stdout
     assert time.time() - start < 30
@@ -93,7 +106,37 @@ def test_model_summary_cli_for_7b_without_allocating():
 
 
 def test_model_summary_cli_reports_config_errors():
-    proc = subprocess.run([sys.executable, "-m", "mixln_dist.model", "norm.alpah=0.1"],
+    proc = subprocess.run([sys.executable, "-m", "mixln_dist.cli.model", "norm.alpah=0.1"],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert proc.returncode == 2
     assert "did you mean 'norm.alpha'" in proc.stderr
+
+
+def test_a_users_config_folder_is_searched_first(tmp_path, monkeypatch):
+    """Hydra users expect their own folder to add options and replace packaged ones (mixln_dist.paths)."""
+    from mixln_dist.config import available_options
+
+    (tmp_path / "optim").mkdir()
+    (tmp_path / "optim" / "adamw.yaml").write_text("lr: 0.123\n")  # replaces the packaged default optimizer
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "wide.yaml").write_text("name: wide\ndim: 256\nn_layers: 2\nn_heads: 4\nffn_dim: 512\n")
+    cfg = compose(["model=wide"], config_dir=tmp_path)
+    assert cfg.optim.lr == 0.123 and cfg.model.dim == 256 and cfg.train.run_name == "wide-mix0.25"
+    assert compose().optim.lr == 1e-3  # without the folder, the packaged options
+    monkeypatch.setenv("MIXLN_CONFIG_DIR", str(tmp_path))
+    assert compose(["model=wide"]).model.dim == 256
+    assert "wide" in available_options("model") and "llama_7b" in available_options("model")
+    with pytest.raises(ConfigError, match="does not exist"):
+        compose(config_dir=tmp_path / "nowhere")
+
+
+def test_default_paths_are_under_mixln_home_and_the_package(tmp_path, monkeypatch):
+    from mixln_dist.paths import package_file
+
+    monkeypatch.setenv("MIXLN_HOME", str(tmp_path))
+    cfg = compose()
+    assert cfg.train.out_dir == str(tmp_path / "runs")
+    assert cfg.data.dir == str(tmp_path / "data" / "prepared" / "sample")
+    assert cfg.data.tokenizer.path == str(tmp_path / "data" / "prepared" / "sample" / "tokenizer.model")
+    assert cfg.data.train == [f"{package_file('corpora/sample/train')}/*.txt.gz"]
+    assert compose(["data.dir=relative/dir"]).data.dir == "relative/dir"  # a user's own path keeps its meaning

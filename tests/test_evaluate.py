@@ -1,22 +1,18 @@
-"""Evaluation definitions (mixln_dist.evaluation) and launch/evaluate.py on prepared shards and on text files."""
+"""Evaluation definitions (mixln_dist.evaluation) and the evaluate entry point on prepared shards and on text."""
 
 import gzip
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import SAMPLE_CORPUS
+from mixln_dist.cli import evaluate as evaluate_cli
 from mixln_dist.data import DatasetMeta, Tokenizer, eval_batches
+from mixln_dist.errors import EXIT_USER_ERROR
 from mixln_dist.evaluation import loss_sums, piece_byte_lengths, sample_losses, sliding_window_sums, windows
 from mixln_dist.model import ModelConfig, NormConfig, Transformer
-
-spec = importlib.util.spec_from_file_location("evaluate_cli", REPO_ROOT / "launch" / "evaluate.py")
-evaluate_cli = sys.modules["evaluate_cli"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(evaluate_cli)
 
 
 def tiny(seed=0, max_seq_len=128):
@@ -28,7 +24,7 @@ def tiny(seed=0, max_seq_len=128):
 
 
 def persuasion(chars=20_000):
-    path = next((REPO_ROOT / "data" / "sample" / "validation").glob("*.txt.gz"))
+    path = next((SAMPLE_CORPUS / "validation").glob("*.txt.gz"))
     return gzip.open(path, "rt", encoding="utf-8").read()[:chars]
 
 
@@ -90,7 +86,7 @@ def test_piece_bytes_add_up_to_the_utf8_length(tiny_dataset):
         assert int(lengths[tok.encode(text)].sum()) == len(text.encode("utf-8"))
 
 
-# launch/evaluate.py -------------------------------------------------------------------------------------------
+# The entry point -----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +125,13 @@ def test_shards_reproduce_the_trainers_loss_and_count_the_bytes_of_the_targets(h
 
 
 def test_text_files_are_scored_whole_after_an_eos(hf_folder, tiny_dataset, tmp_path, capsys):
-    texts = [persuasion(6000), "A short second document.\n"]
-    files = []
-    for i, text in enumerate(texts):
-        files.append(tmp_path / f"doc{i}.txt")
-        files[-1].write_text(text, encoding="utf-8")
+    """Any format the data pipeline reads: a gzipped text file is one document, each JSONL row another."""
+    texts = [persuasion(6000), "A short second document.\n", "A third, from a JSON line."]
+    files = [tmp_path / "doc0.txt.gz", tmp_path / "doc1.txt", tmp_path / "rows.jsonl"]
+    with gzip.open(files[0], "wt", encoding="utf-8") as f:
+        f.write(texts[0])
+    files[1].write_text(texts[1], encoding="utf-8")
+    files[2].write_text(json.dumps({"text": texts[2]}) + "\n", encoding="utf-8")
     code, _, err = run(capsys, hf_folder, "--text", *files, "--seq-len", 64, "--stride", 24, "--json",
                        tmp_path / "r.json")
     assert code == 0, err
@@ -152,7 +150,7 @@ def test_data_from_another_tokenizer_is_refused(hf_folder, tiny_dataset, tmp_pat
     (other / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": "0" * 64}))
     assert DatasetMeta.load(other).tokenizer_sha256 == "0" * 64
     code, _, err = run(capsys, hf_folder, "--shards", other, "--seq-len", 64)
-    assert code == 1 and "other uses tokenizer sha256 000000000000" in err
+    assert code == EXIT_USER_ERROR and "other uses tokenizer sha256 000000000000" in err
 
 
 def test_a_folder_without_a_tokenizer_asks_for_one(tmp_path, capsys):
@@ -161,4 +159,4 @@ def test_a_folder_without_a_tokenizer_asks_for_one(tmp_path, capsys):
     model = tiny()
     save_hf(model.state_dict(), model.cfg, model.norm_cfg, tmp_path / "hf", verify=False)
     code, _, err = run(capsys, tmp_path / "hf", "--text", tmp_path / "hf" / "config.json")
-    assert code == 1 and "pass --tokenizer" in err
+    assert code == EXIT_USER_ERROR and "pass --tokenizer" in err

@@ -15,9 +15,11 @@ tokenizer, prepare (the shards), loader. Importing this package does not import 
 docs/data.md has the details.
 """
 
+from ..errors import DataError
 from .loader import TokenStream, TrainLoader, eval_batches
-from .meta import DataError, DatasetMeta, ShardMeta, SplitMeta, check_dataset, verify_checksums
+from .meta import DatasetMeta, ShardMeta, SplitMeta, check_dataset, verify_checksums
 from .prepare import ensure_prepared, prepare_dataset
+from .sources import read_documents
 from .tokenizer import Tokenizer, train_tokenizer
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "ensure_prepared",
     "eval_batches",
     "prepare_dataset",
+    "read_documents",
     "train_tokenizer",
     "verify_checksums",
 ]

@@ -27,7 +27,8 @@ from typing import Iterator, List, Tuple
 import numpy as np
 import torch
 
-from .meta import DataError, DatasetMeta, PathLike
+from ..errors import DataError
+from .meta import DatasetMeta, PathLike
 
 
 class TokenStream:

@@ -29,6 +29,9 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
+from ..errors import DataError
+from ..files import fsync_dir, write_atomic
+
 FORMAT = 1  # bump when the directory layout or meta.json changes meaning
 META_FILE = "meta.json"
 LOCK_FILE = ".lock"
@@ -36,10 +39,6 @@ SPLITS = ("train", "validation")
 SPOT_BLOCKS, SPOT_BYTES = 16, 4096
 
 PathLike = Union[str, Path]
-
-
-class DataError(ValueError):
-    """A data problem the user can fix; the message names it and the fix."""
 
 
 @dataclass
@@ -106,7 +105,7 @@ class DatasetMeta:
             meta = cls(**raw, splits=splits)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise DataError(f"{path} is not a dataset description written by mixln_dist ({e}); "
-                            "prepare the dataset again with --force") from None
+                            "prepare the dataset again with --force") from e
         if meta.format != FORMAT:
             raise DataError(f"{path} has format {meta.format}, this code reads format {FORMAT}; "
                             "prepare the dataset again with --force")
@@ -201,29 +200,6 @@ def spot_sha256(path: PathLike) -> str:
                 f.seek((size - SPOT_BYTES) * k // (SPOT_BLOCKS - 1))
                 h.update(f.read(SPOT_BYTES))
     return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames in directory durable (a crash right after cannot bring back the old names)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

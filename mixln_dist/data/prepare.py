@@ -31,8 +31,9 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from .meta import (FORMAT, DataError, DatasetMeta, ShardMeta, SplitMeta, fsync_dir, locked, recipe_changes,
-                   sha256_file, spot_sha256)
+from ..errors import DataError
+from ..files import fsync_dir
+from .meta import FORMAT, DatasetMeta, ShardMeta, SplitMeta, locked, recipe_changes, sha256_file, spot_sha256
 from .sources import NoInputFiles, Source, describe, fingerprint, iter_texts, resolve_sources
 from .tokenizer import Tokenizer, tokenizer_for, tokenizer_recipe, trained_differently
 
@@ -78,7 +79,7 @@ def ensure_prepared(data_cfg) -> None:
     except NoInputFiles as e:
         if DatasetMeta.find(data_cfg.dir):
             raise NoInputFiles(f"{e}. {data_cfg.dir} holds a prepared dataset: set data.auto_prepare=false to "
-                               "train on it as it is") from None
+                               "train on it as it is") from e
         raise
 
 

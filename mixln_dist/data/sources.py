@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from .meta import DataError
+from ..errors import DataError
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 HUB_PREFIX = "hf:"
@@ -109,6 +109,14 @@ def iter_lines(sources: Sequence[Source], text_field: str, sample_by: str) -> It
     """Batches of the non-blank lines of every document (what the tokenizer trains on)."""
     for texts in iter_texts(sources, text_field, sample_by):
         yield [line for text in texts if text for line in text.split("\n") if line and not line.isspace()]
+
+
+def read_documents(specs: Sequence[str], key: str, text_field: str = "text") -> Iterator[str]:
+    """The non-empty documents of files named on a command line (`launch/evaluate.py --text`, `launch/analyze.py
+    --text`): a .txt file, gzipped or not, is one document; each row of a .jsonl/.json/.parquet file is one. The
+    same reader as the training data's, so every format the pipeline prepares can be scored too."""
+    for texts in iter_texts(resolve_sources(specs, key, "validation"), text_field, sample_by="document"):
+        yield from (text for text in texts if text)
 
 
 def _load(source: Source, sample_by: str):

@@ -30,7 +30,9 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from .meta import DataError, PathLike, locked, recipe_changes, sha256_file, write_atomic
+from ..errors import DataError
+from ..files import write_atomic
+from .meta import PathLike, locked, recipe_changes, sha256_file
 from .sources import Source, describe, fingerprint, iter_lines, resolve_sources
 
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
@@ -49,7 +51,7 @@ class Tokenizer:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except (RuntimeError, OSError) as e:
             raise DataError(f"{self.path} is not a SentencePiece model ({e}); "
-                            "point data.tokenizer.path at a .model file") from None
+                            "point data.tokenizer.path at a .model file") from e
         self.vocab_size: int = self.sp.get_piece_size()
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()
@@ -222,7 +224,7 @@ def _train(data_cfg, sources: Sequence[Source], recipe: dict) -> Tokenizer:
     except RuntimeError as e:
         raise DataError(f"SentencePiece cannot train a {t.model_type} tokenizer with data.tokenizer.vocab_size="
                         f"{t.vocab_size} on {len(lines):,} lines ({e}); lower the vocabulary size or give it more "
-                        "text") from None
+                        "text") from e
     data = model.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"sha256": hashlib.sha256(data).hexdigest(), "recipe": recipe, "lines": len(lines),

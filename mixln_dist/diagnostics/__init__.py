@@ -6,7 +6,7 @@ writes CSVs, PNGs and JSON summaries, and compares runs in one markdown report (
 
 from .angular import AngularDistances, angular_distances, sliding_windows
 from .drop import LayerDrop, layer_removal_drop
-from .grad_norms import GradNormProfile, engine_grad_norms, grad_norm_profile, grouped_norms, model_grad_norms
+from .grad_norms import GradNormProfile, grad_norm_profile
 from .surgery import remove_layer
 
 __all__ = [
@@ -14,11 +14,8 @@ __all__ = [
     "GradNormProfile",
     "LayerDrop",
     "angular_distances",
-    "engine_grad_norms",
     "grad_norm_profile",
-    "grouped_norms",
     "layer_removal_drop",
-    "model_grad_norms",
     "remove_layer",
     "sliding_windows",
 ]

@@ -8,14 +8,14 @@ full model's number here equals the trainer's eval loss on the same samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
-from ..evaluation import loss_sums
+from ..errors import AnalysisError
+from ..evaluation import loss_sums, perplexity
 from ..model import Transformer
 from .angular import deepest_quarter
 from .surgery import remove_layer
@@ -35,7 +35,7 @@ class LayerDrop:
 
     def rows(self) -> List[Dict]:
         return [
-            {"layer": l, "kind": kind, "loss": loss, "perplexity": _ppl(loss), "loss_increase": loss - self.base_loss}
+            {"layer": l, "kind": kind, "loss": loss, "perplexity": perplexity(loss), "loss_increase": loss - self.base_loss}
             for l, (kind, loss) in enumerate(zip(self.kinds, self.losses))
         ]
 
@@ -45,7 +45,7 @@ class LayerDrop:
         deep = increase[deepest_quarter(len(increase))]
         return {
             "base_loss": self.base_loss,
-            "base_perplexity": _ppl(self.base_loss),
+            "base_perplexity": perplexity(self.base_loss),
             "loss_increase": increase,
             "max_increase": increase[worst],
             "max_increase_layer": worst,
@@ -54,16 +54,12 @@ class LayerDrop:
         }
 
 
-def _ppl(loss: float) -> float:
-    return math.exp(min(loss, 700.0))
-
-
 def mean_loss(model: Transformer, batches: Sequence[Batch]) -> Tuple[float, int]:
     """(mean target-token loss, target tokens) of a model over (tokens, valid) batches."""
     device = next(model.parameters()).device
     total, tokens = loss_sums(model, batches, device).tolist()
     if tokens == 0:
-        raise ValueError("no valid samples to evaluate: the token source is empty")
+        raise AnalysisError("no valid samples to evaluate: the token source is empty; give more text or shards")
     return total / tokens, int(tokens)
 
 

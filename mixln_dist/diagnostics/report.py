@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import List, Sequence, Union
 
 from .plots import plot_angular, plot_drop, plot_grad_profile
-from .sources import AnalysisError
+from ..errors import AnalysisError
 
 KINDS = ("angular", "drop", "grad_norms")
 TITLES = {"angular": "Angular distance d(l, l+n)", "drop": "Validation loss increase when a layer is removed",

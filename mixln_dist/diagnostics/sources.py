@@ -4,35 +4,15 @@ testable without any of this; these functions are the glue for `launch/analyze.p
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError
-from ..pretrained import Pretrained, load_pretrained
+from ..errors import AnalysisError, DataError
+from ..pretrained import Pretrained
 from .angular import sliding_windows, window_starts
-
-
-class AnalysisError(ValueError):
-    """An analysis that cannot run as asked; the message names the problem and the fix."""
-
-
-def load_subject(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Pretrained:
-    """The model to analyse (see mixln_dist.pretrained), its failures as AnalysisError."""
-    try:
-        return load_pretrained(path, device)
-    except CheckpointError as e:
-        raise AnalysisError(str(e)) from None
-
-
-def _check_tokenizer(sha256: str, subject: Pretrained, what: str) -> None:
-    try:
-        subject.check_tokenizer(sha256, what)
-    except CheckpointError as e:
-        raise AnalysisError(str(e)) from None
 
 
 # Tokens -------------------------------------------------------------------------------------------------------
@@ -41,8 +21,9 @@ def _check_tokenizer(sha256: str, subject: Pretrained, what: str) -> None:
 
 
 class TextSource:
-    """Text files (plain or .gz) tokenized with the model's tokenizer, each one document read after an EOS (the
-    separator the model was trained with, as `launch/evaluate.py` reads text), all concatenated."""
+    """Text files tokenized with the model's tokenizer, read as `launch/evaluate.py` reads them (a .txt file,
+    gzipped or not, is one document; a .jsonl/.parquet row is one), each document after an EOS (the separator
+    the model was trained with), all concatenated."""
 
     def __init__(self, files: Sequence[Union[str, Path]], subject: Pretrained, seq_len: int):
         if subject.tokenizer is None or not subject.tokenizer.is_file():
@@ -50,17 +31,14 @@ class TextSource:
                 f"--text needs the model's tokenizer, but {subject.tokenizer or 'none'} is not a file; analyze the "
                 "training run (its config names the tokenizer) or use --shards DIR"
             )
-        from ..data import Tokenizer
+        from ..data import Tokenizer, read_documents
         from ..data.meta import sha256_file
 
-        _check_tokenizer(sha256_file(subject.tokenizer), subject, str(subject.tokenizer))
+        subject.check_tokenizer(sha256_file(subject.tokenizer), str(subject.tokenizer))
         tokenizer = Tokenizer.load(subject.tokenizer)
         ids: List[int] = []
-        for file in map(Path, files):
-            if not file.is_file():
-                raise AnalysisError(f"--text {file}: no such file")
-            with (gzip.open if file.suffix == ".gz" else open)(file, "rt", encoding="utf-8") as f:
-                ids += [tokenizer.eos_id] + tokenizer.encode(f.read())
+        for text in read_documents([str(f) for f in files], "--text"):
+            ids += [tokenizer.eos_id] + tokenizer.encode(text)
         self.tokens = torch.tensor(ids, dtype=torch.int64)
         self.seq_len = seq_len
         self.name = ", ".join(map(str, files))
@@ -79,32 +57,32 @@ class TextSource:
         try:
             return sliding_windows(self.tokens, self.seq_len, stride, limit)
         except ValueError as e:
-            raise AnalysisError(str(e)) from None
+            raise AnalysisError(str(e)) from e
 
 
 class ShardSource:
     """A prepared data directory, read through the data package exactly as the trainer evaluates it."""
 
     def __init__(self, data_dir: Path, subject: Pretrained, seq_len: int, split: str = "validation"):
-        from ..data import DataError, DatasetMeta
+        from ..data import DatasetMeta
 
         try:
             meta = DatasetMeta.load(data_dir)
         except DataError as e:
-            raise AnalysisError(f"{e} (or analyse other tokens: --shards DIR or --text FILE...)") from None
-        _check_tokenizer(meta.tokenizer_sha256, subject, f"{data_dir}")
+            raise AnalysisError(f"{e} (or analyse other tokens: --shards DIR or --text FILE...)") from e
+        subject.check_tokenizer(meta.tokenizer_sha256, f"{data_dir}")
         self.data_dir, self.seq_len, self.split = Path(data_dir), seq_len, split
         self.name = f"{data_dir} ({split})"
 
     def rows(self, samples: int) -> torch.Tensor:
         """The first `samples` valid rows (0 = all) of the split: (N, seq_len + 1), the trainer's eval samples."""
-        from ..data import DataError, eval_batches
+        from ..data import eval_batches
 
         try:
             batches = eval_batches(str(self.data_dir), self.seq_len, 64, 0, 1, max_samples=samples, split=self.split)
             rows = [tokens[valid] for tokens, valid in batches]
         except DataError as e:
-            raise AnalysisError(f"--shards {self.data_dir}: {e}") from None
+            raise AnalysisError(f"--shards {self.data_dir}: {e}") from e
         if not rows:
             raise AnalysisError(f"--shards {self.data_dir}: the {self.split} split has no samples")
         return torch.cat(rows)
@@ -112,13 +90,13 @@ class ShardSource:
     def windows(self, stride: int, limit: int) -> torch.Tensor:
         """(N, seq_len) sliding windows over the whole split, at most `limit` of them (0 = all), spread evenly;
         read one by one, so a large split is never loaded whole."""
-        from ..data import DataError, TokenStream
+        from ..data import TokenStream
 
         try:
             split = TokenStream(self.data_dir, self.split)
             starts = window_starts(split.num_tokens, self.seq_len, stride, limit)
         except (DataError, ValueError) as e:
-            raise AnalysisError(f"--shards {self.data_dir}: {e}") from None
+            raise AnalysisError(f"--shards {self.data_dir}: {e}") from e
         return torch.from_numpy(np.stack([split.read(int(s), self.seq_len) for s in starts]).astype(np.int64))
 
 

@@ -10,7 +10,7 @@ converts the SentencePiece model; verify loads an export with transformers and c
 from_checkpoint adds DeepSpeed consolidation. transformers is imported only when exporting or verifying.
 """
 
-from .convert import (DTYPES, LOGIT_TOLERANCE, ExportError, ExportResult, build_model, import_hf_model, load_hf,
+from .convert import (DTYPES, LOGIT_TOLERANCE, ExportError, ExportResult, import_hf_model, load_hf,
                       read_hf_config, save_hf)
 from .from_checkpoint import export_checkpoint
 from .hf_config import LLAMA, MIXLN, HFConfigError, SpecialTokens, from_hf_fields, hf_fields, model_type
@@ -27,7 +27,6 @@ __all__ = [
     "HFConfigError",
     "SpecialTokens",
     "Verification",
-    "build_model",
     "export_checkpoint",
     "from_hf_fields",
     "from_hf_llama",

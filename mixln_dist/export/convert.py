@@ -20,7 +20,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from ..model import ModelConfig, NormConfig, Transformer, layer_plan
+from ..errors import ExportError
+from ..model import ModelConfig, NormConfig, Transformer, build_model, layer_plan
 from .hf_config import LLAMA, MIXLN, HFConfigError, SpecialTokens, from_hf_fields, hf_fields, model_type
 from .keys import from_hf_llama, to_hf_llama
 from .verify import Verification, verify_export
@@ -32,10 +33,6 @@ AUTO_MAP = {"AutoConfig": "configuration_mixln.MixLNConfig", "AutoModelForCausal
 INFO_FILE = "mixln_export.json"  # provenance: source checkpoint, step, config, verification; not read by loaders
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOGIT_TOLERANCE = 1e-5  # fp32 computation of identical weights: only summation order may differ
-
-
-class ExportError(RuntimeError):
-    """An export or import that cannot proceed; the message names the problem and the fix."""
 
 
 def _transformers():
@@ -101,7 +98,7 @@ def save_hf(state_dict: Dict[str, torch.Tensor], model: ModelConfig, norm: NormC
         if verify:
             # The reference holds exactly the exported values (rounded to `dtype`), computing in fp32 like the
             # transformers model, so the comparison isolates the architecture from the storage precision.
-            reference = build_model(model, norm, {k: v.to(dtype).float() for k, v in state_dict.items()})
+            reference = build_model(model, norm, state={k: v.to(dtype).float() for k, v in state_dict.items()}).eval()
             verification = verify_export(tmp, reference)
             if not verification.passed(LOGIT_TOLERANCE):
                 raise ExportError(f"verification failed, nothing written: {verification}")
@@ -195,24 +192,8 @@ def load_hf(folder: PathLike) -> Tuple[Dict[str, torch.Tensor], ModelConfig, Nor
     try:
         model, norm = from_hf_fields(read_hf_config(folder), name=folder.resolve().name)
     except HFConfigError as e:
-        raise ExportError(f"{folder}/config.json: {e}") from None
-    state = {k: v.float() for k, v in from_hf_llama(_read_weights(folder)).items()}
-    if model.tie_embeddings:  # transformers saves the tied head once, as the embedding
-        state["lm_head.weight"] = state["embed_tokens.weight"]
-    return state, model, norm
-
-
-def build_model(model_cfg: ModelConfig, norm: NormConfig, state: Dict[str, torch.Tensor],
-                device: Union[str, torch.device] = "cpu") -> Transformer:
-    """Our model holding `state` (fp32, eval mode), built without a throwaway random initialisation."""
-    if model_cfg.tie_embeddings:  # one tensor under two names; a state dict may carry only the embedding's
-        state = {**state, "lm_head.weight": state["embed_tokens.weight"]}
-    with torch.device("meta"):
-        model = Transformer(model_cfg, norm)
-    model.to_empty(device=device)
-    model.reset_rope()
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+        raise ExportError(f"{folder}/config.json: {e}") from e
+    return {k: v.float() for k, v in from_hf_llama(_read_weights(folder)).items()}, model, norm
 
 
 def import_hf_model(folder: PathLike, norm: Optional[NormConfig] = None,
@@ -229,9 +210,9 @@ def import_hf_model(folder: PathLike, norm: Optional[NormConfig] = None,
             for name in (f"layers.{spec.layer_id}.attn_out_norm.weight", f"layers.{spec.layer_id}.mlp_out_norm.weight"):
                 state.setdefault(name, torch.ones(model_cfg.dim))
     try:
-        return build_model(model_cfg, norm, state, device)
+        return build_model(model_cfg, norm, device, state).eval()
     except RuntimeError as e:
-        raise ExportError(f"{folder} does not fit norm placement {[s.kind for s in plan]}: {e}") from None
+        raise ExportError(f"{folder} does not fit norm placement {[s.kind for s in plan]}: {e}") from e
 
 
 def _read_weights(folder: Path) -> Dict[str, torch.Tensor]:

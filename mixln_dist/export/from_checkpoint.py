@@ -3,7 +3,6 @@ training ranks, no process group), then hand the fp32 weights to the in-memory c
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional, Union
 
@@ -11,10 +10,12 @@ import torch
 
 from ..checkpoint import consolidated_state_dict, resolve
 from ..config import to_dict
-from .convert import ExportError, ExportResult, save_hf
+from ..data.meta import sha256_file
+from ..errors import ExportError
+from .convert import ExportResult, save_hf
 
 PathLike = Union[str, Path]
-PROVENANCE = ("tokens_seen", "zero_stage", "world_size", "precision", "tokenizer_sha256")
+PROVENANCE = ("zero_stage", "world_size", "precision", "tokenizer_sha256")
 
 
 def export_checkpoint(path: PathLike, out_dir: PathLike, *, tokenizer: Optional[PathLike] = None,
@@ -32,10 +33,9 @@ def export_checkpoint(path: PathLike, out_dir: PathLike, *, tokenizer: Optional[
     log(f"consolidating {ref.path} (step {ref.step}, ZeRO stage {state_info.get('zero_stage')}, "
         f"{state_info.get('world_size')} rank(s))")
     state = consolidated_state_dict(ref)
-    if cfg.model.tie_embeddings:
-        state.setdefault("lm_head.weight", state["embed_tokens.weight"])
     info = {
         "source": {"checkpoint": str(ref.path.resolve()), "step": ref.step,
+                   "tokens_seen": state_info.get("parts", {}).get("progress", {}).get("tokens_seen"),
                    **{k: state_info[k] for k in PROVENANCE if k in state_info}},
         "mixln_config": to_dict(cfg),
     }
@@ -47,7 +47,7 @@ def _check_tokenizer(path: Path, trained_sha256: Optional[str]) -> None:
     if not path.is_file():
         raise ExportError(f"the run's tokenizer {path} does not exist (relative paths are relative to the current "
                           "directory); run from where training ran, or pass --tokenizer PATH")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = sha256_file(path)
     if trained_sha256 and sha != trained_sha256:
         raise ExportError(f"{path} (sha256 {sha[:12]}) is not the tokenizer the checkpoint was trained with "
                           f"({trained_sha256[:12]}); pass --tokenizer with the original .model")

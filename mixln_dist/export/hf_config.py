@@ -11,13 +11,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from ..errors import ExportError
 from ..model import ModelConfig, ModelConfigError, NormConfig, layer_kinds, layer_plan
 
 LLAMA = "llama"
 MIXLN = "mixln_llama"
 
 
-class HFConfigError(ValueError):
+class HFConfigError(ExportError):
     """A Hugging Face configuration that our model cannot represent; the message names the field."""
 
 
@@ -115,7 +116,7 @@ def from_hf_fields(config: Dict[str, Any], name: str = "hf") -> Tuple[ModelConfi
     try:
         derived = layer_kinds(norm, model.n_layers)
     except ModelConfigError as e:
-        raise HFConfigError(f"norm_scheme/norm_alpha/norm_post_layers: {e}") from None
+        raise HFConfigError(f"norm_scheme/norm_alpha/norm_post_layers: {e}") from e
     if derived != kinds:  # a placement the scheme does not produce (layer surgery): keep it explicitly
         norm.layer_kinds = kinds
     _check_constants(config, model, norm)
@@ -143,7 +144,7 @@ def _check_constants(config: Dict[str, Any], model: ModelConfig, norm: NormConfi
     try:
         plan = layer_plan(model, norm)
     except ModelConfigError as e:
-        raise HFConfigError(str(e)) from None
+        raise HFConfigError(str(e)) from e
     for key, ours in (("residual_scales", [s.residual_scale for s in plan]),
                       ("norm_scales", [s.norm_scale for s in plan])):
         theirs = config.get(key, ours)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..errors import ExportError
 from .hf_config import SpecialTokens
 
 PathLike = Union[str, Path]
@@ -107,8 +108,6 @@ def tokenizer_config(info: SentencePieceInfo, model_max_length: int) -> dict:
 def save_hf_tokenizer(sp_model: PathLike, out_dir: PathLike, model_max_length: int) -> SpecialTokens:
     """Write the tokenizer files into `out_dir`, check them against SentencePiece, return the special token ids."""
     from transformers import AutoTokenizer
-
-    from .convert import ExportError
 
     sp_model, out_dir = Path(sp_model), Path(out_dir)
     if not sp_model.is_file():

@@ -2,7 +2,8 @@
 
 from .args import SCHEMES, LayerSpec, ModelConfig, ModelConfigError, NormConfig, layer_kinds, layer_plan, num_post_layers
 from .flavors import FLAVORS
-from .transformer import Transformer, count_parameters
+from .summary import summarize
+from .transformer import Transformer, build_model, count_parameters, with_tied_head
 
 __all__ = [
     "FLAVORS",
@@ -12,8 +13,11 @@ __all__ = [
     "ModelConfigError",
     "NormConfig",
     "Transformer",
+    "build_model",
     "count_parameters",
     "layer_kinds",
     "layer_plan",
     "num_post_layers",
+    "summarize",
+    "with_tied_head",
 ]

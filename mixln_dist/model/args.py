@@ -65,7 +65,7 @@ class ModelConfig:
 
 @dataclass
 class NormConfig:
-    # pre | post | mix | sandwich | deepnorm | lns (see docs/norm_schemes.md)
+    # pre | post | mix | sandwich | deepnorm | lns (docs/model.md describes each)
     scheme: str = "mix"
     # mix: the first floor(alpha * n_layers) layers are Post-LN, the rest Pre-LN.
     alpha: float = 0.25

@@ -1,4 +1,4 @@
-"""Named model shapes. The paper's come from the official Mix-LN configs (../shared/PAPER.md section 3.1); all
+"""Named model shapes. The paper's come from the official Mix-LN configs (docs/paper.md, "Setup"); all
 use vocabulary 32000 (the T5 tokenizer's), RMSNorm eps 1e-6 and RoPE theta 10000.
 
 `debug` is tiny and drives the tests and the default job; its vocabulary fits the bundled sample tokenizer.

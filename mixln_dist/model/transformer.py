@@ -7,7 +7,7 @@ applied from outside (mixln_dist.train). Build it anywhere, the meta device incl
 
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -89,6 +89,31 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin)
             states.append(h)
         return states
+
+
+def with_tied_head(state: Dict[str, torch.Tensor], cfg: ModelConfig) -> Dict[str, torch.Tensor]:
+    """A tied head is one tensor under two names, and state dicts often carry only the embedding's (transformers
+    saves it once): give it both names."""
+    if cfg.tie_embeddings and "lm_head.weight" not in state:
+        return {**state, "lm_head.weight": state["embed_tokens.weight"]}
+    return state
+
+
+def build_model(cfg: ModelConfig, norm: NormConfig, device: Union[str, torch.device] = "cpu",
+                state: Optional[Dict[str, torch.Tensor]] = None) -> Transformer:
+    """The model with its storage allocated once, on `device`: holding `state` (strictly: every name, no extra),
+    or initialised by `init_weights()` from the current RNG state. Built on the meta device first, so no
+    throwaway default initialisation of a large model is ever computed. Raises RuntimeError when `state` does
+    not fit."""
+    with torch.device("meta"):
+        model = Transformer(cfg, norm)
+    model.to_empty(device=device)
+    if state is None:
+        model.init_weights()
+    else:
+        model.reset_rope()
+        model.load_state_dict(with_tied_head(state, cfg), strict=True)
+    return model
 
 
 def count_parameters(model: nn.Module) -> dict:

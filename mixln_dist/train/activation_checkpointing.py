@@ -5,7 +5,8 @@ Each chosen block's forward is wrapped in torch's non-reentrant checkpoint. Wrap
 parameter names and the per-layer diagnostics are the same with checkpointing on or off.
 
 Under ZeRO-3 the recomputation re-enters the submodules, whose forward hooks gather the partitioned
-parameters again; tests/train/test_activation_checkpointing.py proves losses and gradients are unchanged.
+parameters again; tests/train/test_distributed.py (test_activation_checkpointing_under_zero3_is_exact) proves
+losses and gradients are unchanged.
 """
 
 from __future__ import annotations

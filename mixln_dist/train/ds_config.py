@@ -21,10 +21,6 @@ class BatchPlan:
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum_steps * self.dp_world_size
 
-    @property
-    def rank_batch_size(self) -> int:
-        return self.micro_batch_size * self.grad_accum_steps
-
 
 def plan_batches(micro: int, accum: Optional[int], global_batch: Optional[int], world: int) -> BatchPlan:
     """Check global = micro x accumulation x data-parallel ranks once, deriving whichever side is left null."""

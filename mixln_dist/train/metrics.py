@@ -1,4 +1,5 @@
-"""Throughput accounting (FLOPs per token, MFU) and the metrics sinks: one console line, TensorBoard, JSONL.
+"""Throughput accounting (FLOPs per token, MFU), the metrics sinks (TensorBoard, JSONL) and the Reporter that
+turns the loop's numbers into log lines.
 
 FLOPs per token (training, forward + backward), the PaLM appendix-B formula:
 
@@ -14,9 +15,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of torch.cuda.get_device_name().
 # fp32 runs on GPUs use TF32 tensor cores where torch allows it; we only report MFU for bf16.
@@ -107,3 +109,86 @@ def format_train_line(step: int, total: int, m: Dict[str, Optional[float]]) -> s
         f"step {step:>6}/{total} | loss {m['loss']:.4f} | lr {m['lr']:.3e} | grad norm {grad} | "
         f"{m['tokens_per_s']:,.0f} tok/s | MFU {mfu}"
     )
+
+
+class Reporter:
+    """What the run tells people and tools: a train line every train.log_interval steps (loss averaged over the
+    window and the ranks, lr, grad norm, tokens/s, MFU), evaluations, gradient norms, a progress bar, TensorBoard
+    and JSONL (MetricsLogger); and the history `Trainer.fit` returns. Only rank 0 prints and writes, but every
+    rank calls `train` (it all-reduces the window's loss)."""
+
+    def __init__(self, run_dir: Path, train_cfg, env, log: Callable[..., None], tokens_per_step: int,
+                 flops_per_token: float, peak: Optional[float]):
+        self.cfg, self.env, self.log = train_cfg, env, log
+        self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak
+        self.metrics = MetricsLogger(run_dir, env.is_main, train_cfg.tensorboard)
+        self.history: List[Dict] = []  # every logged and evaluated value, for callers and tests
+        self.bar = None
+        # The window's summed loss stays on the device: one transfer per log line, not one per step.
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+        self._steps, self._clock = 0, time.perf_counter()
+
+    def begin(self, step: int) -> None:
+        if self.env.is_main and self.cfg.progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Time spent outside training steps (evaluation, checkpoints) is not throughput."""
+        self._loss_sum.zero_()
+        self._steps, self._clock = 0, time.perf_counter()
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self._loss_sum += loss
+        self._steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def train(self, step: int, stats: Dict[str, Optional[float]]) -> None:
+        elapsed = time.perf_counter() - self._clock
+        dist.all_reduce(self._loss_sum)
+        tokens_per_s = self._steps * self.tokens_per_step / max(elapsed, 1e-9)
+        mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size) if self.peak else None
+        values = {"loss": self._loss_sum.item() / (self._steps * self.env.world_size), "lr": stats["lr"],
+                  "grad_norm": stats["grad_norm"], "tokens_per_s": tokens_per_s, "mfu": mfu,
+                  "tokens_seen": stats["tokens_seen"]}
+        self._record("train", step, values)
+        self.note(format_train_line(step, self.cfg.steps, values))
+        self.restart_clock()
+
+    def eval(self, step: int, values: Dict[str, float]) -> None:
+        self._record("eval", step, values)
+        self.note(f"eval at step {step}: loss {values['loss']:.4f} | perplexity {values['perplexity']:.2f} "
+                  f"({values['tokens']:,} tokens)")
+        self.restart_clock()
+
+    def grad_norms(self, step: int, norms: Dict[str, float]) -> None:
+        self.metrics.log(step, norms, kind="grad_norm", jsonl="diagnostics/grad_norms.jsonl")
+
+    def note(self, line: str) -> None:
+        """A line for people, above the progress bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            self.log(line, flush=True)
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.metrics.flush()
+
+    def summary(self, progress, run_dir: Path) -> dict:
+        return {"step": progress.step, "tokens_seen": progress.tokens_seen, "run_dir": str(run_dir),
+                "evals": [h for h in self.history if h["kind"] == "eval"],
+                "train": [h for h in self.history if h["kind"] == "train"]}
+
+    def close(self) -> None:
+        self.end()
+        self.metrics.close()
+
+    def _record(self, kind: str, step: int, values: dict) -> None:
+        self.history.append({"kind": kind, "step": step, **values})
+        self.metrics.log(step, values, kind=kind)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO_ROOT
+from conftest import SAMPLE_CORPUS
 from mixln_dist.config import DataConfig, TokenizerConfig
 from mixln_dist.data import DatasetMeta, SplitMeta
 from mixln_dist.data.prepare import ShardWriter
 
-SAMPLE = REPO_ROOT / "data" / "sample"
+SAMPLE = SAMPLE_CORPUS
 VOCAB = 512
 
 

@@ -13,6 +13,7 @@ import pytest
 from mixln_dist.data import (DataError, DatasetMeta, TokenStream, Tokenizer, check_dataset, prepare_dataset,
                               train_tokenizer)
 from mixln_dist.data.prepare import ShardWriter, ensure_prepared, token_dtype
+from mixln_dist.paths import package_file
 
 from .helpers import documents, make_cfg, write_dataset
 
@@ -49,9 +50,9 @@ def test_shards_hold_exactly_the_tokenized_documents(corpus, tmp_path, sample_by
     assert DatasetMeta.load(tmp_path) == meta
 
 
-def test_whole_books_are_encoded_exactly(corpus, tmp_path, shared_corpora):
+def test_whole_books_are_encoded_exactly(corpus, tmp_path):
     """Milton and Botchan as one document each (0.66 and 0.26 MB): cut after newlines to encode, equal to whole."""
-    books = [shared_corpora / "books/milton.txt.gz", shared_corpora / "books/botchan.txt.gz"]
+    books = [package_file("corpora/books/milton.txt.gz"), package_file("corpora/books/botchan.txt.gz")]
     tokenizer = train_tokenizer(make_cfg(corpus, tmp_path / "tok")).path  # ours, adopted: cutting is exact
     cfg = make_cfg(corpus, tmp_path / "out", train=[str(b) for b in books], sample_by="document",
                    tokenizer={"path": str(tokenizer), "adopt": True})

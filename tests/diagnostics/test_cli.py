@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, tiny_overrides
-from mixln_dist.diagnostics.cli import main
+from mixln_dist.cli.analyze import main
 
 from .helpers import TINY
 
@@ -23,7 +23,7 @@ def run_dir(tiny_dataset, tmp_path_factory):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "launch/pretrain.py"), *overrides],
                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out / "debug-mix"
+    return out / "debug-mix0.25"
 
 
 FAST = ["--batch-size", "4", "--windows", "12", "--samples", "16", "--grad-batches", "2"]

@@ -6,6 +6,7 @@ import torch
 from mixln_dist.diagnostics.drop import layer_removal_drop, mean_loss
 from mixln_dist.diagnostics.surgery import remove_layer
 from mixln_dist.evaluation import loss_sums
+from mixln_dist.errors import AnalysisError
 from mixln_dist.model import NormConfig
 
 from .helpers import TINY, build, make_identity, tokens
@@ -51,5 +52,5 @@ def test_rows_and_summary():
 
 def test_an_empty_source_is_a_clear_error():
     empty = [(tokens(2, 5), torch.zeros(2, dtype=torch.bool))]
-    with pytest.raises(ValueError, match="no valid samples"):
+    with pytest.raises(AnalysisError, match="no valid samples"):
         layer_removal_drop(build(NormConfig(scheme="pre")), empty)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch.nn.functional as F
 
-from mixln_dist.diagnostics.grad_norms import grad_norm_profile, model_grad_norms
+from mixln_dist.diagnostics.grad_norms import grad_norm_profile
+from mixln_dist.grad_norms import model_grad_norms
 from mixln_dist.model import NormConfig
 
 from .helpers import TINY, build, tokens

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from mixln_dist.diagnostics.cli import main
-from mixln_dist.diagnostics.sources import AnalysisError, ShardSource, TextSource, load_subject
+from mixln_dist.cli.analyze import main
+from mixln_dist.diagnostics.sources import ShardSource, TextSource
+from mixln_dist.errors import CheckpointError
 from mixln_dist.model import NormConfig
-from mixln_dist.pretrained import Pretrained
+from mixln_dist.pretrained import Pretrained, load_pretrained
 
 from .helpers import build, tokens
 
@@ -24,7 +25,7 @@ def hf_folder(tmp_path_factory):
 
 def test_an_exported_folder_loads_as_the_same_model(hf_folder):
     model, folder = hf_folder
-    subject = load_subject(folder)
+    subject = load_pretrained(folder)
     assert subject.model.layer_kinds == ["post", "post", "pre", "pre"]
     assert subject.meta["scheme"] == "mix" and subject.label == "tiny-mix-hf"
     x = tokens(2, 16)
@@ -42,10 +43,10 @@ def test_a_folder_that_is_not_a_run_needs_an_output_folder_and_a_tokenizer(hf_fo
 
 
 def test_a_path_that_is_nothing_is_a_clear_error(tmp_path):
-    with pytest.raises(AnalysisError, match="does not exist"):
-        load_subject(tmp_path / "missing")
-    with pytest.raises(AnalysisError, match="no complete checkpoint"):
-        load_subject(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pretrained(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        load_pretrained(tmp_path)
 
 
 def test_tokens_from_another_tokenizer_are_refused(tiny_dataset, tmp_path):
@@ -54,9 +55,9 @@ def test_tokens_from_another_tokenizer_are_refused(tiny_dataset, tmp_path):
                       "0" * 64, None, 16)
     text = tmp_path / "a.txt"
     text.write_text("It was a truth universally acknowledged.")
-    with pytest.raises(AnalysisError, match="trained with 000000000000"):
+    with pytest.raises(CheckpointError, match="trained with 000000000000"):
         TextSource([text], subject, 16)
-    with pytest.raises(AnalysisError, match="trained with 000000000000"):
+    with pytest.raises(CheckpointError, match="trained with 000000000000"):
         ShardSource(tiny_dataset, subject, 16)
 
 

@@ -1,14 +1,12 @@
 """Real DeepSpeed checkpoints: export from any ZeRO stage and world size, and evaluate.py reproducing the
 trainer's own validation loss."""
 
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, tiny_overrides
+from conftest import tiny_overrides
 from mixln_dist.export import export_checkpoint, load_hf
 from train.helpers import run_jobs
 
@@ -61,19 +59,13 @@ def test_zero3_on_two_ranks_exports_the_same_model_as_zero0(runs, exports):
     assert config[0] == config[3]
 
 
-def evaluate_cli():
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO_ROOT / "launch" / "evaluate.py")
-    module = sys.modules["evaluate_cli"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_reproduces_the_trainers_final_validation_loss(runs, exports, tmp_path):
     run_dir, result = runs[3]
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [m for m in logged if m.get("kind") == "eval"][-1]
     assert final["loss"] == pytest.approx(result["evals"][-1]["loss"], rel=1e-12)
-    cli = evaluate_cli()
+    from mixln_dist.cli import evaluate as cli
+
     for source in (run_dir, exports[3].path):  # the checkpoint and its export: same numbers
         out = tmp_path / f"{source.name}.json"
         assert cli.main([str(source), "--shards", "--json", str(out)]) == 0

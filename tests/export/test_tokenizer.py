@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SAMPLE_CORPUS
 from mixln_dist.data import Tokenizer
 from mixln_dist.export import save_hf
 from mixln_dist.export.tokenizer import PROBES, read_sentencepiece
@@ -31,7 +31,7 @@ def folder(tiny_model, tokenizer_path, tmp_path_factory):
 
 def persuasion_paragraphs(limit=400):
     """Real held-out prose: the bundled validation novel."""
-    path = next((REPO_ROOT / "data" / "sample" / "validation").glob("*.txt.gz"))
+    path = next((SAMPLE_CORPUS / "validation").glob("*.txt.gz"))
     text = gzip.open(path, "rt", encoding="utf-8").read()
     return [p for p in text.split("\n\n") if p.strip()][:limit]
 

@@ -76,7 +76,7 @@ def test_resume_is_exact_and_continues_on_another_world_size(stage, tiny_dataset
 def test_per_layer_grad_norms_match_a_single_process(stage, tiny_dataset, tmp_path):
     from mixln_dist.config import compose
     from mixln_dist.data import TrainLoader
-    from mixln_dist.diagnostics.grad_norms import model_grad_norms
+    from mixln_dist.grad_norms import model_grad_norms
     from mixln_dist.model import Transformer
 
     overrides = tiny_overrides(tiny_dataset, tmp_path, f"zero.stage={stage}", "train.run_name=norms", "train.steps=1")

@@ -44,7 +44,7 @@ def test_default_job_perplexity_falls_tenfold(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "launch/pretrain.py"), "train.progress_bar=false"],
                           cwd=tmp_path, env=child_env(threads=None), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    evals = [json.loads(line) for line in (tmp_path / "runs/debug-mix/metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (tmp_path / "runs/debug-mix0.25/metrics.jsonl").read_text().splitlines()]
     ppl = {e["step"]: e["perplexity"] for e in evals if e["kind"] == "eval"}
     print(f"default job: {time.time() - start:.0f} s, validation perplexity by step {ppl}")
     first, last = ppl[min(ppl)], ppl[max(ppl)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, tiny_overrides
 from mixln_dist.checkpoint import CheckpointError, resolve
@@ -35,12 +36,15 @@ def test_run_directory_checkpoints_and_tensorboard(env, tiny_dataset, tmp_path):
 
     summary = fit(env, *tiny_overrides(tiny_dataset, tmp_path, "train.steps=6", "train.save_interval=2",
                                        "train.keep_last=2", "train.eval_interval=3", "train.diag_interval=2"))
-    run = tmp_path / "debug-mix"
+    run = tmp_path / "debug-mix0.25"
     ckpts = run / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000004", "step_0000006"]  # keep_last=2
     assert (ckpts / "latest").read_text() == "step_0000006"
     state = json.loads((ckpts / "step_0000006" / "trainer_state.json").read_text())
-    assert state["step"] == 6 and state["tokens_seen"] == 6 * 4 * 64 and state["loader"]
+    assert state["step"] == 6 and state["parts"]["progress"] == {"step": 6, "tokens_seen": 6 * 4 * 64}
+    assert state["parts"]["loader"]["consumed"] == 6 * 4 and state["world_size"] == 1
+    rank_state = torch.load(ckpts / "step_0000006" / "rank0.pt", weights_only=True)  # plain data: no pickled code
+    assert set(rank_state) == {"random"}
     assert compose(tiny_overrides(tiny_dataset, tmp_path, "train.steps=6", "train.save_interval=2", "train.keep_last=2",
                                   "train.eval_interval=3", "train.diag_interval=2")) == resolve(run).config()
     assert [e["step"] for e in summary["evals"]] == [0, 3, 6]
@@ -60,15 +64,15 @@ def test_run_directory_checkpoints_and_tensorboard(env, tiny_dataset, tmp_path):
 def test_an_interrupted_save_is_never_resumed_from(env, tiny_dataset, tmp_path):
     base = tiny_overrides(tiny_dataset, tmp_path, "train.steps=4", "train.save_interval=2", "train.eval_interval=100")
     fit(env, *base, "train.stop_at=2")
-    ckpts = tmp_path / "debug-mix" / "checkpoints"
+    ckpts = tmp_path / "debug-mix0.25" / "checkpoints"
     # A crash mid-save of step 4: DeepSpeed's files exist, our completion marker does not.
     shutil.copytree(ckpts / "step_0000002", ckpts / "step_0000004", ignore=shutil.ignore_patterns("trainer_state.json"))
-    assert resolve(tmp_path / "debug-mix").tag == "step_0000002"
+    assert resolve(tmp_path / "debug-mix0.25").tag == "step_0000002"
     with pytest.raises(CheckpointError, match="incomplete"):
         resolve(ckpts / "step_0000004")
     summary = fit(env, *base)
     assert [h["step"] for h in summary["train"]] == [3, 4]
-    assert resolve(tmp_path / "debug-mix").tag == "step_0000004"
+    assert resolve(tmp_path / "debug-mix0.25").tag == "step_0000004"
 
 
 @pytest.mark.parametrize(
@@ -85,7 +89,7 @@ def test_bad_runs_fail_before_training(env, tiny_dataset, tmp_path, extra, error
 
     with pytest.raises(error, match=message):
         Trainer(compose(tiny_overrides(tiny_dataset, tmp_path, *extra)), env)
-    assert not (tmp_path / "debug-mix").exists()
+    assert not (tmp_path / "debug-mix0.25").exists()
 
 
 def test_resuming_with_a_changed_model_is_refused(env, tiny_dataset, tmp_path):

@@ -37,13 +37,14 @@ def full_param_sums(engine):
 
 def run_grad_norms(cfg, env):
     """Per-layer gradient norms of the first global batch, read through DeepSpeed's full-gradient accessor."""
-    from mixln_dist.diagnostics.grad_norms import engine_grad_norms
+    from mixln_dist.evaluation import next_token_loss
+    from mixln_dist.grad_norms import engine_grad_norms
     from mixln_dist.train.trainer import Trainer
 
     trainer = Trainer(cfg, env, log=lambda *a, **k: None)
     batch = trainer.loader.next_batch()
     for micro in batch.split(trainer.batch.micro_batch_size):
-        trainer.engine.backward(trainer._loss(micro))
+        trainer.engine.backward(next_token_loss(trainer.engine, micro))
     norms = engine_grad_norms(trainer.engine)
     trainer.close()
     return {"norms": norms}
@@ -53,13 +54,14 @@ def run_grads(cfg, env):
     """Loss and full (unpartitioned) gradients of one global batch, before any optimizer step."""
     from deepspeed.utils import safe_get_full_grad
 
+    from mixln_dist.evaluation import next_token_loss
     from mixln_dist.train.trainer import Trainer
 
     trainer = Trainer(cfg, env, log=lambda *a, **k: None)
     batch = trainer.loader.next_batch()
     losses = []
     for micro in batch.split(trainer.batch.micro_batch_size):
-        loss = trainer._loss(micro)
+        loss = next_token_loss(trainer.engine, micro)
         trainer.engine.backward(loss)
         losses.append(loss.item())
     grads = {}

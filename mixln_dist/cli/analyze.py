@@ -1,27 +1,33 @@
-"""`launch/analyze.py`: the depth diagnostics of a checkpoint, and a report comparing analysed runs."""
+"""`mixln-analyze` (`launch/analyze.py`): the depth diagnostics of a checkpoint (angular distance between layers,
+validation-loss drop when a layer is removed, per-layer gradient norms), and a markdown report comparing
+analysed runs (docs/diagnostics.md)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from .angular import angular_distances
-from .drop import layer_removal_drop
-from .grad_norms import grad_norm_profile
-from .report import comparison_report, outputs, refuse_to_overwrite, save_result
-from .sources import AnalysisError, ShardSource, TextSource, as_batches, load_subject
+from ..diagnostics.angular import angular_distances
+from ..diagnostics.drop import layer_removal_drop
+from ..diagnostics.grad_norms import grad_norm_profile
+from ..diagnostics.report import comparison_report, outputs, refuse_to_overwrite, save_result
+from ..diagnostics.sources import ShardSource, TextSource, as_batches
+from ..errors import AnalysisError
+from ..files import write_atomic
+from ..pretrained import load_pretrained
+from .common import run
 
 EXAMPLES = """\
 examples:
-  python launch/analyze.py all runs/debug-mix                   # the run's own validation split
-  python launch/analyze.py angular runs/debug-mix --text a.txt --all-tokens
-  python launch/analyze.py drop runs/debug-mix/checkpoints/step_0000300 --samples 0 --out /tmp/drop
-  python launch/analyze.py report runs/debug-pre runs/debug-mix --out report.md
+  python launch/analyze.py all runs/debug-mix0.25               # the run's own validation split
+  python launch/analyze.py angular runs/debug-mix0.25 --text a.txt.gz --all-tokens
+  python launch/analyze.py drop runs/debug-mix0.25/checkpoints/step_0000300 --samples 0 --out /tmp/drop
+  python launch/analyze.py report runs/debug-pre runs/debug-mix0.25 --out report.md
 """
 KIND_OF = {"angular": ["angular"], "drop": ["drop"], "grads": ["grad_norms"], "all": ["angular", "drop", "grad_norms"]}
 
@@ -44,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--shards", type=Path, metavar="DIR",
                             help="prepared data directory (default: the run's data.dir)")
         source.add_argument("--text", nargs="+", type=Path, metavar="FILE",
-                            help="text files (.txt or .txt.gz), tokenized with the run's tokenizer")
+                            help="text (.txt(.gz) files, each one document; .jsonl/.parquet rows), tokenized with "
+                                 "the run's tokenizer")
         p.add_argument("--split", default="validation", help="split of --shards to read (default: validation)")
         p.add_argument("--out", type=Path, metavar="DIR",
                        help="output folder (default: <run_dir>/analysis/step_NNNNNNN)")
@@ -86,27 +93,25 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # analysis never downloads anything
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "report":
-            refuse_to_overwrite([args.out], args.overwrite, how="another --out")
-            text = comparison_report(args.paths, args.out)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            print(f"wrote {args.out}")
-        else:
-            analyze(args)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(lambda: report(args) if args.command == "report" else analyze(args))
+
+
+def report(args: argparse.Namespace) -> None:
+    refuse_to_overwrite([args.out], args.overwrite, how="another --out")
+    text = comparison_report(args.paths, args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out, text)
+    print(f"wrote {args.out}")
 
 
 def analyze(args: argparse.Namespace) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise AnalysisError("--device cuda, but torch sees no GPU here; use --device cpu (fine for small models)")
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    subject = load_subject(args.checkpoint, device)
+    subject = load_pretrained(args.checkpoint, device)
     if args.dtype == "bf16":
         subject.model.to(torch.bfloat16)
     out = args.out or subject.analysis_dir
@@ -159,3 +164,7 @@ def _headline(kind: str, s: dict) -> str:
         return (f"full loss {s['base_loss']:.3f}; largest increase {s['max_increase']:.3f} (layer "
                 f"{s['max_increase_layer']}), deepest quarter {s['mean_increase_deepest_quarter']:.3f}")
     return f"last / first layer gradient norm {s['last_to_first_ratio']:.2f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

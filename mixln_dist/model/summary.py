@@ -1,16 +1,12 @@
-"""Print a model's size and per-layer norm placement without allocating its weights.
+"""A model's size and per-layer norm placement, as text for people (`mixln-model`, the trainer's start log).
 
-    python -m mixln_dist.model model=llama_7b norm=mix norm.post_layers=2
+Works on a model built on the meta device, so a 13B model is summarised without allocating its weights.
 """
 
 from __future__ import annotations
 
-import sys
 from itertools import groupby
 
-import torch
-
-from ..config import ConfigError, compose
 from .transformer import Transformer, count_parameters
 
 KIND_NAMES = {"pre": "Pre-LN", "post": "Post-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm (Post-LN)",
@@ -35,22 +31,6 @@ def summarize(model: Transformer) -> str:
         span = f"layer {start}" if n == 1 else f"layers {start}-{start + n - 1}"
         lines.append(f"  {span:<14} {KIND_NAMES[kind]} ({n} layer{'s' if n > 1 else ''})")
         start += n
-    n_post = sum(k in ("post", "deepnorm") for k in kinds)
+    n_post = sum(layer.spec.is_post for layer in model.layers)
     lines.append(f"  {n_post} Post-LN layers, {len(kinds) - n_post} Pre-LN-style layers")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    try:
-        cfg = compose(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    with torch.device("meta"):  # shapes only: a 13B model costs no memory here
-        model = Transformer(cfg.model, cfg.norm)
-    print(summarize(model))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

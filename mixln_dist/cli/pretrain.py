@@ -1,0 +1,63 @@
+"""`mixln-pretrain` (`launch/pretrain.py`): pretraining, however the job is started.
+
+    deepspeed launch/pretrain.py                                   # the default job (debug model, sample corpus)
+    deepspeed --num_gpus 8 launch/pretrain.py model=llama_1b norm=mix zero=stage2 optim=paper
+    torchrun --nproc_per_node 2 -m mixln_dist.cli.pretrain train.steps=100
+    mixln-pretrain --config-dir my_configs model=my_100m
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .common import is_first_rank, parse_config_cli, run
+
+USAGE = """\
+usage: deepspeed [--num_gpus N] launch/pretrain.py [OVERRIDE ...]
+       torchrun --nproc_per_node N launch/pretrain.py [OVERRIDE ...]   (or: torchrun ... -m mixln_dist.cli.pretrain)
+       mixln-pretrain [OVERRIDE ...]                                    (one process)
+
+Overrides use Hydra's grammar: choose a group option (model=llama_1b norm=mix zero=stage3 optim=paper) or set
+any key (norm.alpha=0.25 optim.lr=5e-4 train.steps=1000). With no overrides this trains the debug Mix-LN model
+on the bundled sample corpus. Runs go under $MIXLN_HOME/runs (default: ./runs). The schema, with every key
+documented: mixln_dist/config/schema.py.
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..config import GROUPS, available_options
+
+    groups = "\n".join(f"  {g}: {', '.join(available_options(g))}" for g in GROUPS)
+    cli = parse_config_cli(argv, f"{USAGE}\nConfig groups and their options:\n{groups}", {})
+    return run(lambda: pretrain(cli.overrides, cli.config_dir), speak=is_first_rank)
+
+
+def pretrain(overrides: Sequence[str], config_dir: Optional[str] = None) -> int:
+    from ..config import compose
+    from ..errors import MixLNError
+
+    cfg = compose(overrides, config_dir)  # before any process group or allocation: a typo costs nothing
+
+    from ..train.distributed import init_distributed, shutdown
+    from ..train.trainer import Trainer
+
+    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+    clean = False
+    try:
+        trainer = Trainer(cfg, env)
+        try:
+            trainer.fit()
+        finally:
+            trainer.close()
+        clean = True
+    except MixLNError:
+        # Every rank reaches the same verdict from the same inputs, before any collective: leave together.
+        clean = True
+        raise
+    finally:
+        shutdown(clean)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

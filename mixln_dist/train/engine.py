@@ -1,0 +1,74 @@
+"""Building the DeepSpeed engine around our model: the model is built (partitioned under zero.Init, or on the meta
+device and materialised once), initialised from the seed or warm-started, wrapped with activation
+checkpointing, given our optimizer and schedule, and handed to `deepspeed.initialize`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import Config
+from ..model import Transformer, build_model
+from .activation_checkpointing import apply_activation_checkpointing
+from .distributed import DistEnv
+from .ds_config import BatchPlan, deepspeed_config
+from .optim import build_optimizer, build_scheduler, choose_impl
+from .warm_start import load_weights, read_weights
+
+
+@dataclass
+class Engine:
+    engine: object  # deepspeed.DeepSpeedEngine
+    ds_config: dict  # the generated DeepSpeed JSON (saved in the run directory)
+    description: str  # one line for the start log
+
+
+def build_engine(cfg: Config, env: DistEnv, batch: BatchPlan, precision: str, load_universal: bool,
+                 warm_start: bool, log: Callable[[str], None]) -> Engine:
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, batch, precision, load_universal=load_universal)
+    model = initialised_model(cfg, env, ds_config)
+    if warm_start:
+        load_weights(model, read_weights(cfg.train.init_from, cfg.model), zero3=cfg.zero.zero_init,
+                     is_main=env.is_main)
+        log(f"initialised from {cfg.train.init_from}")
+    layers = apply_activation_checkpointing(model, cfg.train.activation_checkpointing, cfg.train.ac_every_k)
+    impl = choose_impl(cfg.optim, env.device, offload=cfg.zero.offload_optimizer != "none")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=build_optimizer(model, cfg.optim, impl),
+        lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.steps),
+        config=ds_config,
+        dist_init_required=False,
+    )
+    if cfg.train.compile:
+        engine.compile()
+    description = (
+        f"engine: ZeRO-{cfg.zero.stage}, {precision}, optimizer {impl}, {env.world_size} rank(s) on "
+        f"{env.device.type}, batch {batch.global_batch_size} = {batch.micro_batch_size} micro x "
+        f"{batch.grad_accum_steps} accumulation x {env.world_size} ranks, activation checkpointing on "
+        f"{len(layers)}/{cfg.model.n_layers} layers"
+    )
+    return Engine(engine, ds_config, description)
+
+
+def initialised_model(cfg: Config, env: DistEnv, ds_config: dict) -> Transformer:
+    """The model with its initial weights, drawn from train.seed: the same weights whichever way it is built."""
+    torch.manual_seed(cfg.train.seed)
+    if not cfg.zero.zero_init:
+        return build_model(cfg.model, cfg.norm, env.device)
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = Transformer(cfg.model, cfg.norm)
+    torch.manual_seed(cfg.train.seed)  # building under zero.Init drew from the generator
+    model.reset_rope()
+    for unit, init in model.init_units():
+        # Gather one unit at a time; rank 0 draws the values and ZeRO scatters them back.
+        with deepspeed.zero.GatheredParameters(list(unit.parameters()), modifier_rank=0):
+            if env.is_main:
+                init()
+    return model
