@@ -38,3 +38,13 @@ class AnalysisError(MixLNError):
 
 class UsageError(MixLNError):
     """A command-line argument that cannot work with what it points at (a window longer than the model's)."""
+
+
+class RunError(MixLNError):
+    """A run that cannot start or go on where it is: its directory is in use by another run or not writable,
+    its disk is full, its rendezvous port is taken."""
+
+
+class DivergenceError(MixLNError):
+    """Training that has stopped making sense numerically (non-finite losses or gradients, repeated spikes).
+    Running it again the same way would diverge again, so it counts as a user error: change the recipe."""

@@ -33,6 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def pretrain(overrides: Sequence[str], config_dir: Optional[str] = None) -> int:
+    """Exit 0 whether the run finished, reached train.stop_at or stopped on a signal after checkpointing; a
+    requeue script tells them apart by MIXLN_STATUS_FILE (docs/reliability.md)."""
     from ..config import compose
     from ..errors import MixLNError
 
@@ -46,9 +48,11 @@ def pretrain(overrides: Sequence[str], config_dir: Optional[str] = None) -> int:
     try:
         trainer = Trainer(cfg, env)
         try:
-            trainer.fit()
+            summary = trainer.fit()
         finally:
             trainer.close()
+        if env.is_main:
+            write_status(summary)
         clean = True
     except MixLNError:
         # Every rank reaches the same verdict from the same inputs, before any collective: leave together.
@@ -57,6 +61,22 @@ def pretrain(overrides: Sequence[str], config_dir: Optional[str] = None) -> int:
     finally:
         shutdown(clean)
     return 0
+
+
+STATUS_ENV = "MIXLN_STATUS_FILE"
+
+
+def write_status(summary: dict) -> None:
+    """If $MIXLN_STATUS_FILE is set, record how the run ended there: {"state": "finished" | "stopped" |
+    "preempted", "step": N, "run_dir": ...}, for requeue scripts."""
+    import json
+    import os
+
+    from ..files import write_atomic
+
+    path = os.environ.get(STATUS_ENV)
+    if path:
+        write_atomic(path, json.dumps({k: summary[k] for k in ("state", "step", "run_dir")}) + "\n")
 
 
 if __name__ == "__main__":

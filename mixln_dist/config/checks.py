@@ -20,7 +20,26 @@ CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.activation_checkpointing": ("none", "full", "every_k"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.guard.spike_action": ("off", "skip", "rollback"),
 }
+
+
+# Every number a config can get wrong, with the range it must lie in. A value outside it (NaN included) is
+# refused here, before any process group, data preparation or allocation.
+POSITIVE = ("train.steps", "train.micro_batch_size", "train.log_interval", "train.eval_interval",
+            "train.save_interval", "train.keep_last", "train.ac_every_k", "train.dist_timeout_s", "data.seq_len",
+            "data.shard_tokens", "data.tokenizer.vocab_size", "data.tokenizer.max_sentences", "optim.lr",
+            "optim.eps", "model.init_std", "model.embed_init_std", "model.norm_eps", "model.rope_theta",
+            "train.guard.spike_zscore", "zero.reduce_bucket_size", "zero.allgather_bucket_size")
+NON_NEGATIVE = {  # key: what 0 means, for the message
+    "optim.weight_decay": "no decay", "optim.grad_clip": "no clipping", "optim.warmup_steps": "no warmup",
+    "train.eval_samples": "the whole validation split", "train.diag_interval": "off",
+    "train.stop_at": "run to train.steps", "data.num_proc": "all cores", "data.max_train_tokens": "no limit",
+    "data.max_val_tokens": "no limit", "train.guard.max_bad_steps": "never stop",
+    "train.guard.max_rollbacks": "stop at the first spike", "train.seed": "", "data.seed": "",
+    "data.split_seed": "", "data.tokenizer.seed": "",
+}
+UNIT_INTERVAL = ("optim.min_lr_ratio", "optim.decay_fraction")  # [0, 1]
 
 
 def validate(cfg: Config) -> None:
@@ -28,6 +47,7 @@ def validate(cfg: Config) -> None:
         value = get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}{did_you_mean(str(value), allowed)}")
+    _check_ranges(cfg)
     try:
         layer_plan(cfg.model, cfg.norm)
     except ModelConfigError as e:
@@ -47,29 +67,36 @@ def validate(cfg: Config) -> None:
         )
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas={list(cfg.optim.betas)} must be two numbers in [0, 1)")
-    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
-        raise ConfigError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
     coverage = cfg.data.tokenizer.character_coverage
     if not 0.0 < coverage <= 1.0:
         raise ConfigError(f"data.tokenizer.character_coverage={coverage} must be in (0, 1]")
-    for key in ("data.num_proc", "data.max_train_tokens", "data.max_val_tokens"):
-        if get(cfg, key) < 0:
-            raise ConfigError(f"{key}={get(cfg, key)} must be >= 0 (0 means all cores / no limit)")
-    positive = ("train.steps", "train.micro_batch_size", "train.log_interval", "train.eval_interval",
-                "train.save_interval", "train.keep_last", "train.ac_every_k", "data.seq_len", "data.shard_tokens",
-                "data.tokenizer.vocab_size", "data.tokenizer.max_sentences")
-    for key in positive:
-        if get(cfg, key) <= 0:
-            raise ConfigError(f"{key}={get(cfg, key)} must be positive")
-    if cfg.train.stop_at < 0:
-        raise ConfigError(f"train.stop_at={cfg.train.stop_at} must be 0 (run to train.steps) or a step number")
+    if not 0.0 < cfg.train.guard.spike_lr_factor <= 1.0:
+        raise ConfigError(f"train.guard.spike_lr_factor={cfg.train.guard.spike_lr_factor} must be in (0, 1] "
+                          "(1 keeps the learning rate after a rollback, 0.5 halves it)")
+    if cfg.train.guard.spike_window < 2:
+        raise ConfigError(f"train.guard.spike_window={cfg.train.guard.spike_window} must be at least 2 (a mean "
+                          "and a spread need two losses)")
+    if cfg.train.stop_at and cfg.train.stop_at > cfg.train.steps:
+        raise ConfigError(f"train.stop_at={cfg.train.stop_at} is beyond train.steps={cfg.train.steps}; lower it, or "
+                          "set 0 to run to the end")
     for key in ("train.grad_accum_steps", "train.global_batch_size"):
-        if get(cfg, key) is not None and get(cfg, key) <= 0:
+        if get(cfg, key) is not None and not get(cfg, key) > 0:
             raise ConfigError(f"{key}={get(cfg, key)} must be positive (or null to derive it)")
 
 
+def _check_ranges(cfg: Config) -> None:
+    # Written as `not (value > 0)` so that NaN, which fails every comparison, is refused too.
+    for key in POSITIVE:
+        if not get(cfg, key) > 0:
+            raise ConfigError(f"{key}={get(cfg, key)} must be positive")
+    for key, zero in NON_NEGATIVE.items():
+        if not get(cfg, key) >= 0:
+            raise ConfigError(f"{key}={get(cfg, key)} must be >= 0" + (f" (0 means {zero})" if zero else ""))
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= get(cfg, key) <= 1.0:
+            raise ConfigError(f"{key}={get(cfg, key)} must be in [0, 1]")
 
 
 def get(cfg: Any, dotted: str) -> Any:

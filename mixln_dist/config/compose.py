@@ -131,8 +131,7 @@ def load_config(path: PathLike) -> Config:
         node = OmegaConf.load(path)
         cfg = _to_config(node)
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} cannot be read as a config ({type(e).__name__}: {e}); restore it from a copy "
-                          "(every checkpoint folder holds its own config.yaml)") from e
+        raise ConfigError(f"{path} cannot be read as a config ({_yaml_problem(e)})") from e
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_explain(e)}") from e
     except ConfigError as e:
@@ -142,6 +141,15 @@ def load_config(path: PathLike) -> Config:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
     return cfg
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line: what is wrong and where (PyYAML's own message spans several)."""
+    import yaml
+
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        return f"not valid YAML at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}: {e.problem}"
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def to_dict(cfg: Config) -> dict:

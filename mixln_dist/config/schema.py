@@ -79,6 +79,24 @@ class ZeroConfig:
 
 
 @dataclass
+class GuardConfig:
+    """What protects a run from numerical blow-ups (docs/reliability.md)."""
+
+    # A step whose loss or gradients are not finite is never applied. After this many such steps in a row the
+    # run stops (keeping its checkpoints, none with bad weights); 0 = never stop.
+    max_bad_steps: int = 10
+    # A loss spike: a step's loss more than spike_zscore standard deviations above the mean of the last
+    # spike_window applied steps. off: not watched | skip: its update is not applied | rollback: the run goes
+    # back to its newest checkpoint and skips the data from there to the spike. Watching reads every step's loss
+    # (on a GPU, one synchronisation per step).
+    spike_action: str = "off"
+    spike_window: int = 50
+    spike_zscore: float = 6.0
+    spike_lr_factor: float = 1.0  # rollback: the learning rate is multiplied by this after each rollback
+    max_rollbacks: int = 3  # rollback: the run stops after this many
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "${home:runs}"  # relative to $MIXLN_HOME (default: the current directory)
     # The run directory is out_dir/run_name. The default names the model and its norm placement (debug-mix0.25,
@@ -108,6 +126,7 @@ class TrainConfig:
     diag_interval: int = 0  # per-layer gradient norms every N steps; 0 = off
     dist_timeout_s: int = 600  # a rank that stops answering fails the run after this long
     compile: bool = False  # torch.compile the model
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass

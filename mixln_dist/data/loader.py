@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import mmap
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,10 +32,12 @@ from .meta import DatasetMeta, PathLike
 
 
 class TokenStream:
-    """One split's shards as a single read-only sequence of token ids."""
+    """One split's shards as a single read-only sequence of token ids. With `vocab_size`, every sample read is
+    checked to hold only ids below it (a damaged shard would otherwise index past the embedding: an IndexError on
+    the CPU, a device-side assert on a GPU)."""
 
-    def __init__(self, data_dir: PathLike, split: str):
-        self.data_dir, self.split = Path(data_dir), split
+    def __init__(self, data_dir: PathLike, split: str, vocab_size: Optional[int] = None):
+        self.data_dir, self.split, self.vocab_size = Path(data_dir), split, vocab_size
         meta = DatasetMeta.load(data_dir)
         if split not in meta.splits:
             raise DataError(f"{data_dir} has no {split!r} split (it has {', '.join(meta.splits)})")
@@ -73,7 +75,24 @@ class TokenStream:
         out = np.empty((len(indices), seq_len + 1), np.int64)
         for row, i in enumerate(indices):
             out[row] = self.read(int(i) * seq_len, seq_len + 1)
+        if self.vocab_size is not None and out.size and out.max() >= self.vocab_size:
+            row = int(np.argmax(out.max(axis=1)))
+            start = int(indices[row]) * seq_len
+            shard = self.shards_of(start, seq_len + 1)
+            raise DataError(
+                f"sample {int(indices[row])} of the {self.split} split of {self.data_dir} (tokens {start:,} to "
+                f"{start + seq_len:,}, in {shard}) holds token id {int(out[row].max())}, but model.vocab_size is "
+                f"{self.vocab_size}: the shard is damaged or was prepared with another tokenizer. Check it with "
+                "`launch/prepare_data.py --verify` and prepare it again with --force"
+            )
         return out
+
+    def shards_of(self, start: int, length: int) -> str:
+        """The file names holding tokens [start, start + length), for messages."""
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        last = int(np.searchsorted(self.starts, start + length - 1, side="right")) - 1
+        files = DatasetMeta.load(self.data_dir).splits[self.split].shards[first: last + 1]
+        return ", ".join(f.file for f in files)
 
 
 def _map(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -93,13 +112,13 @@ class TrainLoader:
     """This rank's slice of every global batch, in an order that survives restarts and changes of world size."""
 
     def __init__(self, data_dir: PathLike, seq_len: int, global_batch_size: int, dp_rank: int, dp_world: int,
-                 seed: int, split: str = "train"):
+                 seed: int, split: str = "train", vocab_size: Optional[int] = None):
         if not 0 <= dp_rank < dp_world:
             raise DataError(f"dp_rank={dp_rank} is not a rank of a world of {dp_world}")
         if global_batch_size % dp_world:
             raise DataError(f"the global batch of {global_batch_size} samples does not split evenly over {dp_world} "
                             f"data-parallel ranks; make train.global_batch_size a multiple of {dp_world}")
-        self.stream = TokenStream(data_dir, split)
+        self.stream = TokenStream(data_dir, split, vocab_size)
         self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
         self.num_samples = self.stream.num_samples(seq_len)
         if self.num_samples < global_batch_size:
@@ -117,12 +136,29 @@ class TrainLoader:
 
     def next_batch(self) -> torch.Tensor:
         """int64 (global_batch_size // dp_world, seq_len + 1): this rank's rows of the next global batch."""
-        if self.consumed + self.global_batch_size > self.num_samples:
-            self.epoch, self.consumed = self.epoch + 1, 0
+        self._wrap_epoch()
         first = self.consumed + self._first_row
         rows = self._epoch_order()[first: first + self.local_batch_size]
         self.consumed += self.global_batch_size
         return torch.from_numpy(self.stream.samples(rows, self.seq_len))
+
+    def samples_of(self, batch: int) -> np.ndarray:
+        """The sample indices of global batch `batch` (0-based, counted over the whole run, all ranks' rows), for
+        finding which data a given step trained on (step s trains on batch s - 1)."""
+        per_epoch = self.num_samples // self.global_batch_size
+        epoch, k = divmod(batch, per_epoch)
+        order = _permutation(self.num_samples, self.seed, epoch)
+        return order[k * self.global_batch_size: (k + 1) * self.global_batch_size].astype(np.int64)
+
+    def skip(self, batches: int) -> None:
+        """Move past the next `batches` global batches without reading them (a rollback skips a bad stretch)."""
+        for _ in range(batches):
+            self._wrap_epoch()
+            self.consumed += self.global_batch_size
+
+    def _wrap_epoch(self) -> None:
+        if self.consumed + self.global_batch_size > self.num_samples:
+            self.epoch, self.consumed = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
@@ -144,15 +180,20 @@ class TrainLoader:
 
     def _epoch_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
-            dtype = np.uint32 if self.num_samples <= np.iinfo(np.uint32).max else np.int64
-            self._order = np.arange(self.num_samples, dtype=dtype)
-            np.random.default_rng([self.seed, self.epoch]).shuffle(self._order)
-            self._order_epoch = self.epoch
+            self._order, self._order_epoch = _permutation(self.num_samples, self.seed, self.epoch), self.epoch
         return self._order
 
 
+def _permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s order of the samples, drawn from (seed, epoch) alone."""
+    order = np.arange(num_samples, dtype=np.uint32 if num_samples <= np.iinfo(np.uint32).max else np.int64)
+    np.random.default_rng([seed, epoch]).shuffle(order)
+    return order
+
+
 def eval_batches(data_dir: PathLike, seq_len: int, micro_batch_size: int, dp_rank: int, dp_world: int,
-                 max_samples: int = 0, split: str = "validation") -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+                 max_samples: int = 0, split: str = "validation",
+                 vocab_size: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """(tokens int64 (micro_batch_size, seq_len + 1), valid bool (micro_batch_size,)) over the first max_samples
     samples (all when 0), in order.
 
@@ -160,7 +201,7 @@ def eval_batches(data_dir: PathLike, seq_len: int, micro_batch_size: int, dp_ran
     collectives line up), padding past its share with rows of zeros marked valid=False. Across ranks the valid
     rows are exactly the first M samples, each once, for any world size.
     """
-    stream = TokenStream(data_dir, split)
+    stream = TokenStream(data_dir, split, vocab_size)
     available = stream.num_samples(seq_len)
     if available == 0:
         raise DataError(f"the {split} split of {data_dir} has {stream.num_tokens:,} tokens, fewer than "

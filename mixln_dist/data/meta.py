@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
@@ -100,16 +100,32 @@ class DatasetMeta:
             )
         try:
             raw = json.loads(path.read_text())
-            splits = {k: SplitMeta(**{**v, "shards": [ShardMeta(**s) for s in v["shards"]]})
+            splits = {k: SplitMeta(**{**v, "shards": [_typed(ShardMeta(**s)) for s in v["shards"]]})
                       for k, v in raw.pop("splits").items()}
-            meta = cls(**raw, splits=splits)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            meta = _typed(cls(**raw, splits={k: _typed(v) for k, v in splits.items()}))
+            if meta.dtype not in ("uint16", "uint32"):
+                raise ValueError(f"dtype {meta.dtype!r} is not uint16 or uint32")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # not JSON, missing or wrong-typed fields
             raise DataError(f"{path} is not a dataset description written by mixln_dist ({e}); "
                             "prepare the dataset again with --force") from e
         if meta.format != FORMAT:
             raise DataError(f"{path} has format {meta.format}, this code reads format {FORMAT}; "
                             "prepare the dataset again with --force")
         return meta
+
+
+def _typed(record):
+    """A dataclass read from JSON, each field checked against its annotation (int, str, float, list, dict), so a
+    damaged meta.json fails here, naming the field, instead of deep in the loader."""
+    kinds = {"int": int, "str": str, "float": (int, float), "List[ShardMeta]": list, "Dict[str, SplitMeta]": dict,
+             "Dict[str, Any]": dict}
+    counts = ("num_tokens", "num_documents", "skipped_documents", "vocab_size")
+    for f in fields(record):
+        value, kind = getattr(record, f.name), kinds[f.type]
+        if not isinstance(value, kind) or isinstance(value, bool) or (f.name in counts and value < 0):
+            what = "a non-negative int" if f.name in counts else f"a {f.type}"
+            raise ValueError(f"{type(record).__name__}.{f.name} = {value!r} is not {what}")
+    return record
 
 
 def check_dataset(data_cfg, model_vocab_size: int, seq_len: int) -> DatasetMeta:

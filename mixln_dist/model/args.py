@@ -19,6 +19,12 @@ class ModelConfigError(ValueError):
     """A model or norm setting that cannot describe a valid model."""
 
 
+# Upper bounds far above any published model (the largest dense LLaMA has 126 layers, width 16384, vocabulary
+# 128256, context 131072), so that a typo is refused instead of exhausting memory.
+SIZE_LIMITS = {"dim": 1 << 18, "n_layers": 4096, "n_heads": 1 << 14, "ffn_dim": 1 << 20, "vocab_size": 1 << 26,
+               "max_seq_len": 1 << 22}
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # flavor name, for logs and exports
@@ -45,17 +51,20 @@ class ModelConfig:
         return self.n_kv_heads or self.n_heads
 
     def validate(self) -> None:
-        positive = ("dim", "n_layers", "n_heads", "ffn_dim", "vocab_size", "max_seq_len")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ModelConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        for key, limit in SIZE_LIMITS.items():
+            value = getattr(self, key)
+            if value <= 0:
+                raise ModelConfigError(f"model.{key} must be positive, got {value}")
+            if value > limit:  # far beyond any real model; building its plan or RoPE tables would exhaust memory
+                raise ModelConfigError(f"model.{key}={value} is larger than this code builds (at most {limit:,})")
         if self.dim % self.n_heads:
             raise ModelConfigError(
                 f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; "
                 "choose n_heads so that dim / n_heads is a whole head size"
             )
         if self.head_dim % 2:
-            raise ModelConfigError(f"head size {self.head_dim} is odd; RoPE needs an even head size")
+            raise ModelConfigError(f"model.dim={self.dim} / model.n_heads={self.n_heads} gives an odd head size "
+                                   f"{self.head_dim}; RoPE needs an even one: change model.dim or model.n_heads")
         if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
             raise ModelConfigError(
                 f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads} "

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError, RunError
+from .preemption import die_with_parent
+
+_CONTROL_GROUP = None  # see control_group()
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -42,7 +47,7 @@ def select_accelerator(device: str) -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
     elif device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=auto or cpu")
+            raise ConfigError("train.device=cuda but torch sees no CUDA device; use train.device=auto or cpu")
         os.environ["DS_ACCELERATOR"] = "cuda"
 
 
@@ -67,7 +72,8 @@ def keep_freed_cpu_memory() -> None:
 def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     """Create (or join) the process group and return this rank's place in it."""
     select_accelerator(device)
-    if "RANK" not in os.environ:  # plain `python launch/pretrain.py`: a world of one
+    alone = "RANK" not in os.environ
+    if alone:  # plain `python launch/pretrain.py`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     import deepspeed
@@ -85,11 +91,29 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:
         # The deepspeed launcher leaves threads unset, so every rank would use every core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    deepspeed.init_distributed(
-        dist_backend="gloo" if on_cpu else "nccl",
-        auto_mpi_discovery=False,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    for attempt in range(3):
+        try:
+            deepspeed.init_distributed(
+                dist_backend="gloo" if on_cpu else "nccl",
+                auto_mpi_discovery=False,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
+            break
+        except (RuntimeError, OSError) as e:
+            if "address already in use" not in str(e).lower() and "eaddrinuse" not in str(e).lower():
+                raise
+            if alone and attempt < 2:  # the port we picked was taken in the meantime: pick another
+                os.environ["MASTER_PORT"] = str(free_port())
+                continue
+            raise RunError(
+                f"the rendezvous port {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} is taken, "
+                f"probably by another job on this host; give the launcher a free one (deepspeed --master_port P, "
+                f"torchrun --master-port P, or MASTER_PORT=P), e.g. {free_port()}") from e
+    global _CONTROL_GROUP
+    # Small CPU tensors (stop requests, checkpoint agreement) go through gloo: beside nccl, a group of their own,
+    # so that exchanging them never waits for, or synchronises with, the GPU.
+    _CONTROL_GROUP = None if on_cpu else torch.distributed.new_group(backend="gloo")
+    die_with_parent()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_cpu:
         dev = torch.device("cpu")
@@ -105,20 +129,27 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     )
 
 
-def run_on_main(fn, env: DistEnv) -> None:
-    """Run fn on rank 0 while the other ranks wait. If it raises, every rank raises the same exception, so no
-    rank is left waiting at a barrier until the timeout."""
+def control_group():
+    """The process group for small CPU tensors: None (the default group, gloo) on CPUs, a gloo group beside nccl."""
+    return _CONTROL_GROUP
+
+
+def run_on_main(fn, env: DistEnv):
+    """Run fn on rank 0 while the other ranks wait, and return its result on every rank. If it raises, every rank
+    raises the same exception, so no rank is left waiting at a barrier until the timeout."""
     import torch.distributed as dist
 
-    outcome = [None]
+    outcome = [None, None]  # (result, exception)
     if env.is_main:
         try:
-            fn()
+            outcome[0] = fn()
         except Exception as e:  # handed to every rank below, then raised there
-            outcome[0] = e
-    dist.broadcast_object_list(outcome, src=0)
-    if outcome[0] is not None:
-        raise outcome[0]
+            outcome[1] = e
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(outcome, src=0, group=_CONTROL_GROUP)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
 
 
 def shutdown(clean: bool = True) -> None:

@@ -4,6 +4,7 @@ checkpointing, given our optimizer and schedule, and handed to `deepspeed.initia
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,9 +38,12 @@ def build_engine(cfg: Config, env: DistEnv, batch: BatchPlan, precision: str, lo
         log(f"initialised from {cfg.train.init_from}")
     layers = apply_activation_checkpointing(model, cfg.train.activation_checkpointing, cfg.train.ac_every_k)
     impl = choose_impl(cfg.optim, env.device, offload=cfg.zero.offload_optimizer != "none")
+    optimizer = build_optimizer(model, cfg.optim, impl)
+    if cfg.zero.stage == 0:  # before the schedule wraps optimizer.step
+        make_skippable(optimizer)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        optimizer=build_optimizer(model, cfg.optim, impl),
+        optimizer=optimizer,
         lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.steps),
         config=ds_config,
         dist_init_required=False,
@@ -53,6 +57,19 @@ def build_engine(cfg: Config, env: DistEnv, batch: BatchPlan, precision: str, lo
         f"{len(layers)}/{cfg.model.n_layers} layers"
     )
     return Engine(engine, ds_config, description)
+
+
+def make_skippable(optimizer) -> None:
+    """Give ZeRO-0's plain optimizer the overflow protocol of DeepSpeed's ZeRO optimizers: with `overflow` set,
+    step() changes nothing (weights, moments, step counts), and DeepSpeed then counts the step as skipped, holds
+    the schedule and reports was_step_applied() False, exactly as under ZeRO 1-3 (mixln_dist.train.guard)."""
+    step = optimizer.step
+    optimizer.overflow = False
+
+    def step_unless_overflow(self, *args, **kwargs):
+        return None if self.overflow else step(*args, **kwargs)
+
+    optimizer.step = types.MethodType(step_unless_overflow, optimizer)  # a bound method, as LR schedulers expect
 
 
 def initialised_model(cfg: Config, env: DistEnv, ds_config: dict) -> Transformer:

@@ -83,6 +83,8 @@ class MetricsLogger:
             path = self.run_dir / jsonl
             path.parent.mkdir(parents=True, exist_ok=True)
             self.files[jsonl] = open(path, "a")
+            if path.stat().st_size and not _ends_with_newline(path):
+                self.files[jsonl].write("\n")  # a run killed mid-line: its half record stays on a line of its own
         f = self.files[jsonl]
         f.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
         f.flush()
@@ -102,12 +104,19 @@ class MetricsLogger:
             f.close()
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
 def format_train_line(step: int, total: int, m: Dict[str, Optional[float]]) -> str:
     mfu = "n/a" if m.get("mfu") is None else f"{100 * m['mfu']:.1f}%"
     grad = "n/a" if m.get("grad_norm") is None else f"{m['grad_norm']:.3f}"
+    skipped = f" | {m['skipped_steps']} updates skipped" if m.get("skipped_steps") else ""
     return (
         f"step {step:>6}/{total} | loss {m['loss']:.4f} | lr {m['lr']:.3e} | grad norm {grad} | "
-        f"{m['tokens_per_s']:,.0f} tok/s | MFU {mfu}"
+        f"{m['tokens_per_s']:,.0f} tok/s | MFU {mfu}{skipped}"
     )
 
 
@@ -124,9 +133,10 @@ class Reporter:
         self.metrics = MetricsLogger(run_dir, env.is_main, train_cfg.tensorboard)
         self.history: List[Dict] = []  # every logged and evaluated value, for callers and tests
         self.bar = None
-        # The window's summed loss stays on the device: one transfer per log line, not one per step.
+        # The window's summed loss stays on the device: one transfer per log line, not one per step. Steps whose
+        # update was not applied (train.guard) count for throughput but not in the loss.
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
-        self._steps, self._clock = 0, time.perf_counter()
+        self._steps, self._loss_steps, self._clock = 0, 0, time.perf_counter()
 
     def begin(self, step: int) -> None:
         if self.env.is_main and self.cfg.progress_bar:
@@ -138,10 +148,13 @@ class Reporter:
     def restart_clock(self) -> None:
         """Time spent outside training steps (evaluation, checkpoints) is not throughput."""
         self._loss_sum.zero_()
-        self._steps, self._clock = 0, time.perf_counter()
+        self._steps, self._loss_steps, self._clock = 0, 0, time.perf_counter()
 
-    def add_loss(self, loss: torch.Tensor) -> None:
-        self._loss_sum += loss
+    def add_loss(self, loss: Optional[torch.Tensor]) -> None:
+        """A step done; `loss` is its loss, or None when its update was not applied."""
+        if loss is not None:
+            self._loss_sum += loss
+            self._loss_steps += 1
         self._steps += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -151,9 +164,9 @@ class Reporter:
         dist.all_reduce(self._loss_sum)
         tokens_per_s = self._steps * self.tokens_per_step / max(elapsed, 1e-9)
         mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size) if self.peak else None
-        values = {"loss": self._loss_sum.item() / (self._steps * self.env.world_size), "lr": stats["lr"],
-                  "grad_norm": stats["grad_norm"], "tokens_per_s": tokens_per_s, "mfu": mfu,
-                  "tokens_seen": stats["tokens_seen"]}
+        loss = self._loss_sum.item() / (self._loss_steps * self.env.world_size) if self._loss_steps else float("nan")
+        values = {"loss": loss, "lr": stats["lr"], "grad_norm": stats["grad_norm"], "tokens_per_s": tokens_per_s,
+                  "mfu": mfu, "tokens_seen": stats["tokens_seen"], "skipped_steps": stats.get("skipped", 0)}
         self._record("train", step, values)
         self.note(format_train_line(step, self.cfg.steps, values))
         self.restart_clock()

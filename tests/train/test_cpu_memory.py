@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+from .helpers import child_env
+
 # A few training steps of the default model on 4 x 256 tokens: its logits (4 x 256 x 8192 fp32 = 34 MB, as are
 # their gradient and the softmax) exceed glibc's largest mmap threshold (32 MB).
 PROBE = textwrap.dedent("""
@@ -48,7 +50,9 @@ PROBE = textwrap.dedent("""
 
 
 def faults_per_step_and_peak_rss_mib(mode: str) -> tuple:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=300)
+    # A clean environment: an earlier in-process test's rank variables would point it at that process's store.
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=300,
+                         env=child_env())
     assert out.returncode == 0, out.stderr[-2000:]
     faults, peak = out.stdout.strip().splitlines()[-1].split()  # the last line: DeepSpeed may print before it
     return float(faults), float(peak)

@@ -3,8 +3,10 @@ that many configurations cost one process start. Used by the distributed tests.
 
     torchrun --nproc_per_node 2 tests/train/worker.py JOBS.json OUT_DIR
 
-Each job is {"name": ..., "overrides": [...], "action": "fit" | "grads" | "grad_norms"}; each rank writes
-OUT_DIR/<name>.rank<r>.json with what the job produced.
+Each job is {"name": ..., "overrides": [...], "action": "fit" | "grads" | "grad_norms"}, optionally with
+"faults": {"nan_loss": [steps], "nan_grad": [steps], "ranks": [ranks]} (the forward of the first decoder layer
+turns non-finite on those steps, on those ranks: the loss itself, or only the gradient flowing back); each rank
+writes OUT_DIR/<name>.rank<r>.json with what the job produced.
 """
 
 import json
@@ -16,14 +18,42 @@ from pathlib import Path
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def run_fit(cfg, env):
+def run_fit(cfg, env, faults=None):
     from mixln_dist.train.trainer import Trainer
 
-    trainer = Trainer(cfg, env, log=lambda *a, **k: None)
-    summary = trainer.fit()
+    lines = []
+    trainer = Trainer(cfg, env, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    if faults:
+        inject(trainer, env, faults)
+    try:
+        summary = trainer.fit()
+    except Exception as e:
+        trainer.close()
+        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(), "log": lines}
     params = full_param_sums(trainer.engine)
+    guard = trainer.guard.state_dict()
+    loader = trainer.loader.state_dict()
     trainer.close()
-    return {"train": summary["train"], "evals": summary["evals"], "param_sums": params}
+    return {"train": summary["train"], "evals": summary["evals"], "param_sums": params, "guard": guard,
+            "loader": loader, "state": summary["state"], "log": lines}
+
+
+def inject(trainer, env, faults):
+    """Real non-finite numbers flowing through the real engine, on chosen steps and ranks."""
+    nan_loss, nan_grad = set(faults.get("nan_loss", [])), set(faults.get("nan_grad", []))
+    ranks = set(faults.get("ranks", [0, 1]))
+
+    def hook(module, inputs, output):
+        step = trainer.progress.step + 1  # the step being computed
+        if env.rank not in ranks or not module.training:
+            return output
+        if step in nan_loss:
+            return output * float("nan")
+        if step in nan_grad:
+            output.register_hook(lambda grad: grad * float("nan"))
+        return output
+
+    trainer.engine.module.layers[0].register_forward_hook(hook)
 
 
 def full_param_sums(engine):
@@ -83,7 +113,7 @@ def main():
         cfg = compose(job["overrides"])
         try:
             action = {"fit": run_fit, "grads": run_grads, "grad_norms": run_grad_norms}[job.get("action", "fit")]
-            result = action(cfg, env)
+            result = action(cfg, env, job["faults"]) if "faults" in job else action(cfg, env)
         except Exception as e:  # recorded, not swallowed: the test asserts on it
             result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         (out / f"{job['name']}.rank{env.rank}.json").write_text(json.dumps(result))
