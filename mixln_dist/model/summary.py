@@ -10,9 +10,9 @@ from itertools import groupby
 from .args import POST_KINDS, embed_norm_on
 from .transformer import Transformer, count_parameters
 
-KIND_NAMES = {"pre": "Pre-LN", "post": "Post-LN", "sandwich": "Sandwich-LN (= Peri-LN block)", "deepnorm": "DeepNorm (Post-LN)",
-              "lns": "Pre-LN + LayerNorm Scaling", "reordered": "reordered norm (OLMo 2)",
-              "hybrid": "HybridNorm (Post-LN feed-forward)"}
+KIND_NAMES = {"pre": "Pre-LN", "post": "Post-LN", "sandwich": "Sandwich-LN (= Peri-LN block)",
+              "deepnorm": "DeepNorm (Post-LN)", "lns": "Pre-LN + LayerNorm Scaling",
+              "reordered": "reordered norm (OLMo 2)", "hybrid": "HybridNorm (Post-LN feed-forward)"}
 QKV_NAMES = {"none": "", "qk": " + QK-norm", "qkv": " + QKV-norm"}
 
 

@@ -61,7 +61,8 @@ def test_the_official_layout_export_writes_the_official_checkpoint_back(case, tm
     our_config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert {k: our_config[k] for k in SHAPE_FIELDS} == {k: their_config[k] for k in SHAPE_FIELDS}
     env = json.loads((FIXTURE / case / "norm_env.json").read_text())  # the NORM_TYPE/POST_NUM it was made with
-    assert our_config["norm_type"] == env["NORM_TYPE"] and str(our_config.get("post_num")) == env.get("POST_NUM", "None")
+    assert our_config["norm_type"] == env["NORM_TYPE"]
+    assert str(our_config.get("post_num")) == env.get("POST_NUM", "None")
 
 
 @pytest.mark.parametrize("norm", [NormConfig(scheme="mix", alpha=0.5), NormConfig(scheme="post"),

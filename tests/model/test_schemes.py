@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mixln_dist.model import (FLAVORS, ModelConfig, ModelConfigError, NormConfig, Transformer, embed_norm_on, layer_kinds,
-                              layer_plan)
+from mixln_dist.model import (FLAVORS, ModelConfig, ModelConfigError, NormConfig, Transformer, embed_norm_on,
+                              layer_kinds, layer_plan)
 
 TINY = ModelConfig(name="t", dim=32, n_layers=4, n_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=16)
 
@@ -63,7 +63,8 @@ def test_later_placements_and_their_switches():
     assert layer_kinds(NormConfig(scheme="peri"), 4) == ["sandwich"] * 4  # Peri-LN's block is Sandwich-LN's
     assert layer_kinds(NormConfig(scheme="hybrid", hybrid_star=True), 4) == ["pre", "hybrid", "hybrid", "hybrid"]
     plans = {name: layer_plan(TINY, norm) for name, norm in (
-        ("hybrid_star", NormConfig(scheme="hybrid", hybrid_star=True)), ("mix_qk", NormConfig(scheme="mix", qk_norm=True)),
+        ("hybrid_star", NormConfig(scheme="hybrid", hybrid_star=True)),
+        ("mix_qk", NormConfig(scheme="mix", qk_norm=True)),
         ("mix_gpas", NormConfig(scheme="mix", gpas=True)), ("mix", NormConfig(scheme="mix")))}
     assert {s.qkv_norm for s in plans["hybrid_star"]} == {"qkv"}  # HybridNorm*'s Pre-LN block keeps QKV-norm
     assert {s.qkv_norm for s in plans["mix_qk"]} == {"qk"} and {s.qkv_norm for s in plans["mix"]} == {"none"}
