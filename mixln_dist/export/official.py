@@ -16,17 +16,15 @@ official code itself, and the proof that both directions match it.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..errors import ExportError
-from ..model import ModelConfig, NormConfig, build_model, embed_norm_on, layer_plan
+from ..model import ModelConfig, NormConfig, embed_norm_on, layer_plan
 from .hf_config import SpecialTokens
 from .keys import to_official
-from .verify import Verification, greedy
 
 OFFICIAL = "official"
 ROPE_BASE = 10000.0  # hard-coded in the official LlamaRotaryEmbedding
@@ -104,25 +102,3 @@ def write(folder: Path, state_dict: Dict[str, torch.Tensor], model: ModelConfig,
     fields = config_fields(model, norm, special, dtype)
     save_torch_state_dict(official_state(state_dict, model, norm, dtype), folder, max_shard_size=shard_size)
     (folder / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-
-
-@torch.no_grad()
-def verify_reimport(folder: Path, reference, seq_len: int = 64, batch: int = 2, prompt_len: int = 8,
-                    new_tokens: int = 16, seed: int = 0) -> Verification:
-    """Read the folder back through our importer of the official layout and compare logits and greedy generation
-    with `reference`. (The official code itself needs transformers 4.31; the stored fixture and the `official`
-    test prove the layout against it.)"""
-    from .convert import load_hf
-
-    start = time.perf_counter()
-    state, model_cfg, norm = load_hf(folder)
-    back = build_model(model_cfg, norm, state=state).eval()
-    cfg = reference.cfg
-    seq_len, prompt_len = min(seq_len, cfg.max_seq_len), min(prompt_len, cfg.max_seq_len // 2)
-    new_tokens = min(new_tokens, cfg.max_seq_len - prompt_len)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
-    diff = (reference(tokens) - back(tokens)).abs().max().item()
-    same = torch.equal(greedy(reference, tokens[:1, :prompt_len], new_tokens),
-                       greedy(back, tokens[:1, :prompt_len], new_tokens))
-    return Verification(diff, same, batch * seq_len, new_tokens, time.perf_counter() - start,
-                        reader="mixln_dist's import of the official layout")

@@ -76,7 +76,7 @@ def test_later_placements_and_their_switches():
 
 
 def test_summary_names_every_placement_and_switch():
-    from mixln_dist.model.__main__ import summarize
+    from mixln_dist.model import summarize
 
     def summary(**norm):
         with torch.device("meta"):
