@@ -76,9 +76,7 @@ def test_evaluate_reproduces_the_trainers_final_validation_loss(runs, exports, t
 
 def test_export_cli_writes_the_official_layout(runs, exports, tmp_path):
     """`--layout official` on a ZeRO-3 Mix-LN checkpoint: the official code's names, the same weights."""
-    spec = importlib.util.spec_from_file_location("export_cli", REPO_ROOT / "launch" / "export_hf.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from mixln_dist.cli import export_hf as cli
     run_dir, _ = runs[3]
     assert cli.main([str(run_dir), str(tmp_path / "official"), "--layout", "official"]) == 0
     config = json.loads((tmp_path / "official" / "config.json").read_text())
