@@ -1,5 +1,7 @@
 """Per-layer gradient norms, grouped as the paper plots them: the L2 norm over all parameters of each decoder
-layer, also split into its attention, MLP and norm parameters, plus the embedding, the final norm and the head.
+layer, also split into its attention (QK/QKV norms inside it included), MLP and norm parameters (GPAS gates
+counted with the norms: both are gains of the residual stream), plus the embedding (with its norm, where there
+is one), the final norm and the head.
 
 Used during training (`train.diag_interval`: `engine_grad_norms` reads a DeepSpeed engine's full gradients
 under ZeRO 0-3 through DeepSpeed's own accessor, `safe_get_full_grad`; under ZeRO-2/3 `param.grad` is None on
@@ -18,8 +20,9 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(attn|mlp)\.")
-_LAYER_NORM = re.compile(r"^layers\.(\d+)\.\w*norm\w*\.")
-_TOP = {"embed_tokens.weight": "embed", "norm.weight": "final_norm", "lm_head.weight": "head"}
+_LAYER_NORM = re.compile(r"^layers\.(\d+)\.(\w*norm\w*|gpas)\.")
+_TOP = {"embed_tokens.weight": "embed", "embed_norm.weight": "embed", "norm.weight": "final_norm",
+        "lm_head.weight": "head"}
 
 
 def group_of(name: str) -> Tuple[str, Optional[int]]:

@@ -26,11 +26,17 @@ def test_default_run_names_keep_norm_placements_apart():
     one another's checkpoints."""
     sweeps = [(), ("norm.alpha=0.125",), ("norm.alpha=0.5",), ("norm.alpha=0",), ("norm.post_layers=1",),
               ("norm=pre",), ("norm=pre", "norm.scaled_init=true"), ("norm=post",),
-              ("norm.layer_kinds=[post,pre,post,pre]",), ("norm.layer_kinds=[pre,post,pre,post]",)]
+              ("norm.layer_kinds=[post,pre,post,pre]",), ("norm.layer_kinds=[pre,post,pre,post]",),
+              ("norm.gpas=true",), ("norm=reordered",), ("norm=reordered", "norm.qk_norm=true"), ("norm=hybrid",),
+              ("norm=hybrid", "norm.hybrid_star=true"), ("norm=peri",), ("norm=peri", "norm.embed_norm=false"),
+              ("norm=sandwich",), ("norm=pre", "norm.embed_norm=true")]
     names = [compose(list(o)).train.run_name for o in sweeps]
     assert len(set(names)) == len(names), names
     assert names[:5] == ["debug-mix0.25", "debug-mix0.125", "debug-mix0.5", "debug-mix0", "debug-mix-post1"]
     assert names[5:8] == ["debug-pre", "debug-pre-scaled", "debug-post"]
+    assert names[10:] == ["debug-mix0.25-gpas", "debug-reordered", "debug-reordered-qk", "debug-hybrid",
+                          "debug-hybrid-star", "debug-peri", "debug-peri-noembnorm", "debug-sandwich",
+                          "debug-pre-embnorm"]
     assert compose(["train.run_name=mine"]).train.run_name == "mine"
 
 

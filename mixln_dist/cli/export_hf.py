@@ -6,14 +6,15 @@ model before it is written.
 
 Any ZeRO stage and any number of training ranks (DeepSpeed's consolidation, no process group). A Pre-LN model
 becomes a stock LlamaForCausalLM; any other placement ships its modeling code (load it with
-`trust_remote_code=True`). See docs/export.md.
+`trust_remote_code=True`). `--layout official` writes the official Mix-LN code's weight names instead (load it
+with that code, NORM_TYPE and POST_NUM set as config.json's norm_type and post_num say). See docs/export.md.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..export import DTYPES, export_checkpoint
+from ..export import DTYPES, LAYOUTS, export_checkpoint
 from .common import run
 
 
@@ -26,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard-size", default="5GB", help="largest safetensors file, e.g. 2GB or 500MB (default 5GB)")
     p.add_argument("--tokenizer", help="SentencePiece .model to ship (default: the run's data.tokenizer.path)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty out_dir")
+    p.add_argument("--layout", choices=LAYOUTS, default="mixln",
+                   help="weight names: mixln (Llama's, with our modeling code; default) or official (the official "
+                        "Mix-LN code's, for its transformers-4.31 LlamaForCausalLM)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip loading the export with transformers to compare logits and generation "
                         "(saves time and a second copy of the model in memory)")
@@ -37,7 +41,8 @@ def main(argv=None) -> int:
 
     def body() -> None:
         result = export_checkpoint(args.checkpoint, args.out_dir, tokenizer=args.tokenizer, dtype=DTYPES[args.dtype],
-                                   shard_size=args.shard_size, force=args.force, verify=args.verify)
+                                   shard_size=args.shard_size, force=args.force, verify=args.verify,
+                                   layout=args.layout)
         print(result.summary())
 
     return run(body)

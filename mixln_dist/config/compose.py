@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from ..errors import ConfigError
 from ..files import write_atomic
-from ..model.args import NormConfig
+from ..model.args import NormConfig, embed_norm_on
 from ..model.flavors import FLAVORS
 from ..paths import config_dirs, home, package_file
 from .checks import did_you_mean, validate
@@ -31,14 +31,18 @@ PathLike = Union[str, Path]
 
 
 def default_run_name(model_name: str, norm: NormConfig) -> str:
-    """The model and what sets its norm placement: debug-mix0.25, llama_7b-mix-post2, debug-pre, debug-lns-scaled."""
+    """The model and what sets its norm placement: debug-mix0.25, llama_7b-mix-post2, debug-pre, debug-lns-scaled,
+    and the switches that change the model: debug-mix0.25-gpas, debug-reordered-qk, debug-hybrid-star."""
     if norm.layer_kinds:  # an explicit placement (layer surgery): name it by a digest of the placement
         label = "custom" + hashlib.sha1(",".join(norm.layer_kinds).encode()).hexdigest()[:6]
     elif norm.scheme == "mix":
         label = f"mix-post{norm.post_layers}" if norm.post_layers is not None else f"mix{norm.alpha:g}"
     else:
         label = norm.scheme
-    return f"{model_name}-{label}" + ("-scaled" if norm.scaled_init else "")
+    embed_differs = embed_norm_on(norm) != embed_norm_on(NormConfig(scheme=norm.scheme))  # from the scheme's own
+    switches = [("scaled", norm.scaled_init), ("star", norm.hybrid_star), ("qk", norm.qk_norm), ("gpas", norm.gpas),
+                ("embnorm" if embed_norm_on(norm) else "noembnorm", embed_differs)]
+    return f"{model_name}-{label}" + "".join(f"-{name}" for name, on in switches if on)
 
 
 def _register() -> None:

@@ -14,9 +14,9 @@ from .drop import LayerDrop
 from .grad_norms import GradNormProfile
 
 KIND_COLORS = {"post": "tab:orange", "deepnorm": "tab:red", "pre": "tab:blue", "lns": "tab:purple",
-               "sandwich": "tab:green"}
+               "sandwich": "tab:green", "reordered": "tab:olive", "hybrid": "tab:brown"}
 KIND_NAMES = {"post": "Post-LN", "deepnorm": "DeepNorm", "pre": "Pre-LN", "lns": "LayerNorm Scaling",
-              "sandwich": "Sandwich-LN"}
+              "sandwich": "Sandwich-LN", "reordered": "reordered norm", "hybrid": "HybridNorm"}
 ANNOTATE_UP_TO = 12  # layers; beyond this the cell values are unreadable
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..model import Transformer
+from ..model import POST_KINDS, Transformer
 
 
 def remove_layer(model: Transformer, index: int) -> Transformer:
@@ -37,11 +37,12 @@ def remove_layer(model: Transformer, index: int) -> Transformer:
         layer_kinds=kinds,
         # scaled_init only concerns initialisation (the blocks arrive initialised); keep it unless the remaining
         # stack is all Post-LN, where the config would reject it.
-        scaled_init=model.norm_cfg.scaled_init and not all(k in ("post", "deepnorm") for k in kinds),
+        scaled_init=model.norm_cfg.scaled_init and not all(k in POST_KINDS for k in kinds),
     )
     with torch.device("meta"):  # the shell only: every module below is replaced by one of `model`'s
         pruned = Transformer(cfg, norm)
     pruned.embed_tokens = model.embed_tokens
+    pruned.embed_norm = model.embed_norm
     pruned.layers = nn.ModuleList(kept)
     pruned.norm = model.norm
     pruned.lm_head = model.lm_head  # the same module, so a tied head stays tied

@@ -20,7 +20,7 @@ PROVENANCE = ("zero_stage", "world_size", "precision", "tokenizer_sha256")
 
 def export_checkpoint(path: PathLike, out_dir: PathLike, *, tokenizer: Optional[PathLike] = None,
                       dtype: torch.dtype = torch.float32, shard_size: str = "5GB", force: bool = False,
-                      verify: bool = True, log=print) -> ExportResult:
+                      verify: bool = True, layout: str = "mixln", log=print) -> ExportResult:
     """A run directory, its checkpoints folder or one checkpoint -> a verified Hugging Face folder.
 
     The tokenizer defaults to the run's `data.tokenizer.path`; it must be the one the checkpoint was trained with.
@@ -40,7 +40,7 @@ def export_checkpoint(path: PathLike, out_dir: PathLike, *, tokenizer: Optional[
         "mixln_config": to_dict(cfg),
     }
     return save_hf(state, cfg.model, cfg.norm, out_dir, tokenizer=tokenizer, dtype=dtype, shard_size=shard_size,
-                   force=force, verify=verify, info=info)
+                   force=force, verify=verify, info=info, layout=layout)
 
 
 def _check_tokenizer(path: Path, trained_sha256: Optional[str]) -> None:

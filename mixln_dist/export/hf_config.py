@@ -1,8 +1,9 @@
 """Our model and norm settings <-> the fields of a Hugging Face `config.json`. Pure: imports no transformers.
 
-A model whose every layer is Pre-LN is a stock LlamaForCausalLM (`model_type: llama`). Any other placement is a
+A model whose every layer is plain Pre-LN is a stock LlamaForCausalLM (`model_type: llama`). Any other model is a
 `mixln_llama` model: Llama's fields plus the explicit per-layer plan (`layer_kinds`, `residual_scales`,
-`norm_scales`), so the exported modeling code derives nothing from the scheme name.
+`norm_scales`, `qkv_norms`) and the model-wide switches (`gpas`, `embed_norm`), so the exported modeling code
+derives nothing from the scheme name.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ExportError
-from ..model import ModelConfig, ModelConfigError, NormConfig, layer_kinds, layer_plan
+from ..model import ModelConfig, ModelConfigError, NormConfig, embed_norm_on, layer_kinds, layer_plan
 
 LLAMA = "llama"
 MIXLN = "mixln_llama"
@@ -32,7 +33,8 @@ class SpecialTokens:
 
 
 def model_type(model: ModelConfig, norm: NormConfig) -> str:
-    return LLAMA if all(spec.kind == "pre" for spec in layer_plan(model, norm)) else MIXLN
+    plain = all(spec.kind == "pre" and spec.qkv_norm == "none" for spec in layer_plan(model, norm))
+    return LLAMA if plain and not norm.gpas and not embed_norm_on(norm) else MIXLN
 
 
 def hf_fields(model: ModelConfig, norm: NormConfig, special: SpecialTokens = SpecialTokens()) -> Dict[str, Any]:
@@ -63,9 +65,13 @@ def hf_fields(model: ModelConfig, norm: NormConfig, special: SpecialTokens = Spe
             layer_kinds=[spec.kind for spec in plan],
             residual_scales=[spec.residual_scale for spec in plan],
             norm_scales=[spec.norm_scale for spec in plan],
+            qkv_norms=[spec.qkv_norm for spec in plan],
+            gpas=norm.gpas,
+            embed_norm=embed_norm_on(norm),
             norm_scheme=norm.scheme,
             norm_alpha=norm.alpha if norm.scheme == "mix" else None,
             norm_post_layers=norm.post_layers,
+            norm_hybrid_star=norm.hybrid_star,
         )
     return fields
 
@@ -108,7 +114,11 @@ def from_hf_fields(config: Dict[str, Any], name: str = "hf") -> Tuple[ModelConfi
         return model, NormConfig(scheme="pre")
     kinds = list(config["layer_kinds"])
     scheme = config.get("norm_scheme", "mix")
-    norm = NormConfig(scheme=scheme)
+    qkv = config.get("qkv_norms") or ["none"] * model.n_layers
+    norm = NormConfig(scheme=scheme, gpas=bool(config.get("gpas", False)),
+                      qk_norm=scheme != "hybrid" and "qk" in qkv, hybrid_star=bool(config.get("norm_hybrid_star")))
+    embed = bool(config.get("embed_norm", False))
+    norm.embed_norm = None if embed == embed_norm_on(norm) else embed  # null: the scheme's own choice
     if scheme == "mix":
         if config.get("norm_alpha") is not None:
             norm.alpha = float(config["norm_alpha"])
@@ -150,3 +160,7 @@ def _check_constants(config: Dict[str, Any], model: ModelConfig, norm: NormConfi
         theirs = config.get(key, ours)
         if len(theirs) != len(ours) or not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(theirs, ours)):
             raise HFConfigError(f"{key}={theirs} differs from what layer_kinds {norm.layer_kinds} imply ({ours})")
+    ours = [s.qkv_norm for s in plan]
+    if config.get("qkv_norms", ours) != ours:
+        raise HFConfigError(f"qkv_norms={config['qkv_norms']} is not what norm_scheme={norm.scheme} implies ({ours}); "
+                            "our model normalises q/k/v either in every layer or in none")

@@ -22,6 +22,7 @@ class Verification:
     positions: int  # tokens whose logits were compared
     new_tokens: int  # tokens generated greedily by each side
     seconds: float
+    reader: str = "transformers"  # what loaded the folder to compare it with our model
 
     def passed(self, tolerance: float) -> bool:
         return self.max_abs_logit_diff < tolerance and self.generation_equal

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-SCHEMES = ("pre", "post", "mix", "sandwich", "deepnorm", "lns")
+SCHEMES = ("pre", "post", "mix", "sandwich", "deepnorm", "lns", "peri", "reordered", "hybrid")
 
 
 class ModelConfigError(ValueError):
@@ -74,7 +74,7 @@ class ModelConfig:
 
 @dataclass
 class NormConfig:
-    # pre | post | mix | sandwich | deepnorm | lns (docs/model.md describes each)
+    # pre | post | mix | sandwich | deepnorm | lns | peri | reordered | hybrid (docs/model.md describes each)
     scheme: str = "mix"
     # mix: the first floor(alpha * n_layers) layers are Post-LN, the rest Pre-LN.
     alpha: float = 0.25
@@ -85,6 +85,17 @@ class NormConfig:
     # Explicit per-layer kinds ("pre"/"post"/...), written by layer surgery and exports; overrides the scheme's
     # own placement. Leave empty to derive it from scheme/alpha/post_layers.
     layer_kinds: List[str] = field(default_factory=list)
+    # OLMo 2's QK-norm: an RMSNorm on the query and on the key projection (each over all its heads), before RoPE.
+    # Any scheme but hybrid, which normalises q, k and v per head already.
+    qk_norm: bool = False
+    # An RMSNorm on the embedding output, before the first layer (Peri-LN's embedding normalisation). Any scheme;
+    # null: the scheme's own choice (on for peri, off for the others).
+    embed_norm: Optional[bool] = None
+    # GPAS: after each residual add, x - SiLU(g) * stopgrad(x) with one learnable gate g per layer, starting at 0:
+    # the forward activation shrinks, the backward gradient does not. Any scheme.
+    gpas: bool = False
+    # hybrid: HybridNorm*, whose first block is Pre-LN (keeping the QKV-norm) instead of HybridNorm's.
+    hybrid_star: bool = False
 
 
 # Per-layer plan -----------------------------------------------------------------------------------------------
@@ -94,19 +105,25 @@ class NormConfig:
 class LayerSpec:
     """Everything a block needs to know about its own normalization, fixed at construction."""
 
-    kind: str  # "pre", "post", "sandwich", "deepnorm" or "lns"
+    kind: str  # one of LAYER_KINDS: where the block's norms sit
     layer_id: int  # 0-based position in the original stack
     residual_scale: float = 1.0  # deepnorm: x is scaled by (2L)^(1/4) before the residual add
     norm_scale: float = 1.0  # lns: norm outputs scaled by 1/sqrt(layer_id + 1)
     out_proj_std: Optional[float] = None  # scaled init: std for o_proj and down_proj
     deepnorm_gain: Optional[float] = None  # deepnorm: xavier gain on v, o, gate, up, down
+    qkv_norm: str = "none"  # one of QKV_NORMS: norms inside attention, on its projections
+    gpas: bool = False  # a GPAS gate after each residual add
 
     @property
     def is_post(self) -> bool:
-        return self.kind in ("post", "deepnorm")
+        return self.kind in POST_KINDS
 
 
-LAYER_KINDS = ("pre", "post", "sandwich", "deepnorm", "lns")
+LAYER_KINDS = ("pre", "post", "sandwich", "deepnorm", "lns", "reordered", "hybrid")
+# "qk": OLMo 2's RMSNorm of the whole query and key projections; "qkv": HybridNorm's RMSNorm of each head's query,
+# key and value (one weight of head size shared by the heads).
+QKV_NORMS = ("none", "qk", "qkv")
+POST_KINDS = ("post", "deepnorm")  # the residual stream itself is normalised: Post-LN
 
 
 def num_post_layers(norm: NormConfig, n_layers: int) -> int:
@@ -139,17 +156,35 @@ def layer_kinds(norm: NormConfig, n_layers: int) -> List[str]:
         raise ModelConfigError(
             f"norm.post_layers is only meaningful for norm.scheme=mix, but the scheme is '{norm.scheme}'"
         )
+    if norm.hybrid_star and norm.scheme != "hybrid":
+        raise ModelConfigError(f"norm.hybrid_star is HybridNorm's variant; it needs norm.scheme=hybrid, not "
+                               f"'{norm.scheme}'")
+    if norm.qk_norm and norm.scheme == "hybrid":
+        raise ModelConfigError("norm.qk_norm=true adds nothing to norm.scheme=hybrid, which normalises queries, keys "
+                               "and values per head already; leave norm.qk_norm false")
     if norm.layer_kinds:
         kinds = list(norm.layer_kinds)
         if len(kinds) != n_layers or any(k not in LAYER_KINDS for k in kinds):
             raise ModelConfigError(
                 f"norm.layer_kinds must list one of {LAYER_KINDS} for each of the {n_layers} layers, got {kinds}"
             )
+        if "hybrid" in kinds and norm.scheme != "hybrid":
+            raise ModelConfigError("norm.layer_kinds lists 'hybrid' layers, which need norm.scheme=hybrid (their "
+                                   f"attention normalises q, k and v), not '{norm.scheme}'")
         return kinds
     if norm.scheme == "mix":
         n_post = num_post_layers(norm, n_layers)
         return ["post"] * n_post + ["pre"] * (n_layers - n_post)
+    if norm.scheme == "peri":  # Peri-LN's block is Sandwich-LN's (docs/model.md); the schemes differ outside it
+        return ["sandwich"] * n_layers
+    if norm.scheme == "hybrid" and norm.hybrid_star:  # HybridNorm*: a Pre-LN first block
+        return ["pre"] + ["hybrid"] * (n_layers - 1)
     return [norm.scheme] * n_layers
+
+
+def embed_norm_on(norm: NormConfig) -> bool:
+    """norm.embed_norm, where null means the scheme's own choice: on for Peri-LN, off elsewhere."""
+    return norm.scheme == "peri" if norm.embed_norm is None else bool(norm.embed_norm)
 
 
 def layer_plan(model: ModelConfig, norm: NormConfig) -> List[LayerSpec]:
@@ -157,11 +192,13 @@ def layer_plan(model: ModelConfig, norm: NormConfig) -> List[LayerSpec]:
     model.validate()
     n = model.n_layers
     kinds = layer_kinds(norm, n)
-    if norm.scaled_init and all(k in ("post", "deepnorm") for k in kinds):
+    if norm.scaled_init and all(k in POST_KINDS for k in kinds):
         raise ModelConfigError(
             "norm.scaled_init applies to Pre-LN-style layers, but every layer of this model is Post-LN; "
             "use it with scheme pre, mix, sandwich or lns"
         )
+    # HybridNorm normalises q, k and v in every block, the HybridNorm* Pre-LN first block included.
+    qkv_norm = "qkv" if norm.scheme == "hybrid" else "qk" if norm.qk_norm else "none"
     specs = []
     for i, kind in enumerate(kinds):
         specs.append(
@@ -175,8 +212,10 @@ def layer_plan(model: ModelConfig, norm: NormConfig) -> List[LayerSpec]:
                 norm_scale=1.0 / math.sqrt(i + 1) if kind == "lns" else 1.0,
                 # The official code's scale_post_pre: scaled init only where the layer is not Post-LN.
                 out_proj_std=(
-                    model.init_std / math.sqrt(2 * n) if norm.scaled_init and kind not in ("post", "deepnorm") else None
+                    model.init_std / math.sqrt(2 * n) if norm.scaled_init and kind not in POST_KINDS else None
                 ),
+                qkv_norm=qkv_norm,
+                gpas=norm.gpas,
             )
         )
     return specs

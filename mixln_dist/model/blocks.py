@@ -1,8 +1,17 @@
 """Decoder blocks, one class per norm placement. Which class each layer gets is decided once, in
 `build_block`, from the layer's LayerSpec; no forward pass ever looks at a scheme name.
 
-Every block has `attn_norm` and `mlp_norm` (Pre-LN: applied to the sublayer input; Post-LN: applied to the
-residual sum), so a Pre-LN checkpoint loads into a Mix-LN model and back without renaming anything.
+Every block names its norms by the sublayer they serve, whatever their placement: `attn_norm` and `mlp_norm`
+(Pre-LN: on the sublayer input; Post-LN: on the residual sum; reordered: on the sublayer output), plus
+`attn_out_norm` and `mlp_out_norm` in Sandwich-LN. So a Pre-LN checkpoint loads into a Mix-LN, reordered or
+Sandwich-LN model and back without renaming anything.
+
+Two switches compose with every placement, fixed at construction like the placement itself:
+- `spec.qkv_norm` gives the attention its q/k(/v) norms (layers.Attention);
+- `spec.gpas` puts a GPAS gate (layers.GPAS) at each residual add; without it `self.gpas` is an identity. As in
+  the GPAS authors' code, a sum that stays the residual stream is gated whole (Pre-LN: gpas(x + F(N(x)))), and a
+  sum that is normalised next has its skip gated instead (Post-LN: N(gpas(x) + F(x))), since the norm would undo
+  a scale applied to the whole sum.
 """
 
 from __future__ import annotations
@@ -11,19 +20,23 @@ import torch
 from torch import nn
 
 from .args import LayerSpec, ModelConfig
-from .layers import Attention, FeedForward, RMSNorm, ScaledRMSNorm
+from .layers import GPAS, Attention, FeedForward, RMSNorm, ScaledRMSNorm
 
 
 class Block(nn.Module):
-    """Holds the sublayers and their initialization; subclasses only differ in `forward`."""
+    """Holds the sublayers and their initialization; subclasses differ in `forward` (and in NORMS)."""
+
+    NORMS = ("attn_norm", "mlp_norm")  # the block-level norms, in registration order
 
     def __init__(self, cfg: ModelConfig, spec: LayerSpec):
         super().__init__()
         self.spec = spec
-        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.kv_heads)
+        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.kv_heads, spec.qkv_norm, cfg.norm_eps)
         self.mlp = FeedForward(cfg.dim, cfg.ffn_dim)
-        self.attn_norm = self._norm(cfg)
-        self.mlp_norm = self._norm(cfg)
+        for name in self.NORMS:
+            setattr(self, name, self._norm(cfg))
+        # One gate per layer, shared by its two residual adds, as in the GPAS authors' code.
+        self.gpas = GPAS() if spec.gpas else nn.Identity()
         self.init_std = cfg.init_std
 
     def _norm(self, cfg: ModelConfig) -> RMSNorm:
@@ -38,11 +51,13 @@ class Block(nn.Module):
                             (self.mlp.gate_proj, self.init_std), (self.mlp.up_proj, self.init_std),
                             (self.mlp.down_proj, out_std)):
             nn.init.normal_(linear.weight, mean=0.0, std=std)
-        self._reset_norms()
+        self._reset_gains()
 
-    def _reset_norms(self) -> None:
+    def _reset_gains(self) -> None:
+        """Norm weights to 1, GPAS gates to 0 (the QK/QKV norms inside attention included). Draws no random
+        numbers, so adding a norm or a gate leaves every other weight of a seeded init unchanged."""
         for module in self.modules():
-            if isinstance(module, RMSNorm):
+            if isinstance(module, (RMSNorm, GPAS)):
                 module.reset_parameters()
 
 
@@ -50,8 +65,8 @@ class PreNormBlock(Block):
     """h = x + Attn(N(x)); out = h + MLP(N(h))."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), cos, sin)
-        return h + self.mlp(self.mlp_norm(h))
+        h = self.gpas(x + self.attn(self.attn_norm(x), cos, sin))
+        return self.gpas(h + self.mlp(self.mlp_norm(h)))
 
 
 class LayerNormScalingBlock(PreNormBlock):
@@ -62,11 +77,14 @@ class LayerNormScalingBlock(PreNormBlock):
 
 
 class PostNormBlock(Block):
-    """h = N(x + Attn(x)); out = N(h + MLP(h))."""
+    """h = N(x + Attn(x)); out = N(h + MLP(h)).
+
+    With GPAS the gate scales the skip before the add: h = N(gpas(x) + Attn(x)).
+    """
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = self.attn_norm(x + self.attn(x, cos, sin))
-        return self.mlp_norm(h + self.mlp(h))
+        h = self.attn_norm(self.gpas(x) + self.attn(x, cos, sin))
+        return self.mlp_norm(self.gpas(h) + self.mlp(h))
 
 
 class DeepNormBlock(Block):
@@ -74,8 +92,8 @@ class DeepNormBlock(Block):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         a = self.spec.residual_scale
-        h = self.attn_norm(a * x + self.attn(x, cos, sin))
-        return self.mlp_norm(a * h + self.mlp(h))
+        h = self.attn_norm(a * self.gpas(x) + self.attn(x, cos, sin))
+        return self.mlp_norm(a * self.gpas(h) + self.mlp(h))
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -86,20 +104,40 @@ class DeepNormBlock(Block):
                              (self.attn.o_proj, beta), (self.mlp.gate_proj, beta), (self.mlp.up_proj, beta),
                              (self.mlp.down_proj, beta)):
             nn.init.xavier_normal_(linear.weight, gain=gain)
-        self._reset_norms()
+        self._reset_gains()
 
 
 class SandwichBlock(Block):
-    """A norm on both sides of each sublayer, inside the residual: h = x + N(Attn(N(x))); out = h + N(MLP(N(h)))."""
+    """A norm on both sides of each sublayer, inside the residual: h = x + N(Attn(N(x))); out = h + N(MLP(N(h))).
 
-    def __init__(self, cfg: ModelConfig, spec: LayerSpec):
-        super().__init__(cfg, spec)
-        self.attn_out_norm = self._norm(cfg)
-        self.mlp_out_norm = self._norm(cfg)
+    Also Peri-LN's block (Kim et al. 2025): the two papers place the norms identically (docs/model.md).
+    """
+
+    NORMS = ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn_out_norm(self.attn(self.attn_norm(x), cos, sin))
-        return h + self.mlp_out_norm(self.mlp(self.mlp_norm(h)))
+        h = self.gpas(x + self.attn_out_norm(self.attn(self.attn_norm(x), cos, sin)))
+        return self.gpas(h + self.mlp_out_norm(self.mlp(self.mlp_norm(h))))
+
+
+class ReorderedNormBlock(Block):
+    """OLMo 2's reordered norm: the norm on each sublayer's output, h = x + N(Attn(x)); out = h + N(MLP(h))."""
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = self.gpas(x + self.attn_norm(self.attn(x, cos, sin)))
+        return self.gpas(h + self.mlp_norm(self.mlp(h)))
+
+
+class HybridNormBlock(Block):
+    """HybridNorm (Zhuo et al. 2025): QKV-norm inside attention, Post-LN on the feed-forward sublayer:
+    y = N(x + Attn_qkvnorm(x)); out = y + MLP(y). The attention needs no input norm, so there is no attn_norm;
+    the normalised y is both the MLP's input and the residual it adds to."""
+
+    NORMS = ("mlp_norm",)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        y = self.mlp_norm(self.gpas(x) + self.attn(x, cos, sin))
+        return self.gpas(y + self.mlp(y))
 
 
 BLOCKS = {
@@ -108,6 +146,8 @@ BLOCKS = {
     "sandwich": SandwichBlock,
     "deepnorm": DeepNormBlock,
     "lns": LayerNormScalingBlock,
+    "reordered": ReorderedNormBlock,
+    "hybrid": HybridNormBlock,
 }
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from .args import POST_KINDS, embed_norm_on
 from .transformer import Transformer, count_parameters
 
-KIND_NAMES = {"pre": "Pre-LN", "post": "Post-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm (Post-LN)",
-              "lns": "Pre-LN + LayerNorm Scaling"}
+KIND_NAMES = {"pre": "Pre-LN", "post": "Post-LN", "sandwich": "Sandwich-LN (= Peri-LN block)",
+              "deepnorm": "DeepNorm (Post-LN)", "lns": "Pre-LN + LayerNorm Scaling",
+              "reordered": "reordered norm (OLMo 2)", "hybrid": "HybridNorm (Post-LN feed-forward)"}
+QKV_NAMES = {"none": "", "qk": " + QK-norm", "qkv": " + QKV-norm"}
 
 
 def summarize(model: Transformer) -> str:
@@ -22,15 +25,26 @@ def summarize(model: Transformer) -> str:
         f"{'tied' if cfg.tie_embeddings else 'untied'} head",
         f"parameters: {counts['total']:,} total ({counts['total'] / 1e9:.2f}B), "
         f"{counts['non_embedding']:,} non-embedding ({counts['non_embedding'] / 1e9:.2f}B)",
-        f"norm scheme: {norm.scheme}" + (f", scaled init" if norm.scaled_init else ""),
+        f"norm scheme: {norm.scheme}" + "".join(f", {name}" for name in _switches(model)),
     ]
-    kinds = model.layer_kinds
     start = 0
-    for kind, run in groupby(kinds):
+    for name, run in groupby(_layer_name(spec) for spec in model.plan):
         n = len(list(run))
         span = f"layer {start}" if n == 1 else f"layers {start}-{start + n - 1}"
-        lines.append(f"  {span:<14} {KIND_NAMES[kind]} ({n} layer{'s' if n > 1 else ''})")
+        lines.append(f"  {span:<14} {name} ({n} layer{'s' if n > 1 else ''})")
         start += n
-    n_post = sum(layer.spec.is_post for layer in model.layers)
-    lines.append(f"  {n_post} Post-LN layers, {len(kinds) - n_post} Pre-LN-style layers")
+    kinds = model.layer_kinds
+    n_post = sum(k in POST_KINDS for k in kinds)
+    lines.append(f"  {n_post} Post-LN layers, {len(kinds) - n_post} layers whose residual stream is not normalised")
     return "\n".join(lines)
+
+
+def _switches(model: Transformer) -> list:
+    norm = model.norm_cfg
+    switches = [("scaled init", norm.scaled_init), ("HybridNorm*", norm.hybrid_star),
+                ("embedding norm", embed_norm_on(norm)), ("GPAS", norm.gpas)]
+    return [name for name, on in switches if on]
+
+
+def _layer_name(spec) -> str:
+    return KIND_NAMES[spec.kind] + QKV_NAMES[spec.qkv_norm] + (" + GPAS" if spec.gpas else "")

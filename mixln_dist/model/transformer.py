@@ -12,9 +12,15 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .args import LayerSpec, ModelConfig, NormConfig, layer_plan
+from .args import LayerSpec, ModelConfig, NormConfig, embed_norm_on, layer_plan
 from .blocks import build_block
 from .layers import RMSNorm, rope_tables
+
+
+# Parameters only some schemes have, each starting at a constant (norm weights 1, GPAS gates 0). A model of
+# another scheme lacks them by construction, so a warm start or an import from one leaves them at that constant.
+SCHEME_EXTRAS = ("attn_out_norm.weight", "mlp_out_norm.weight", "attn.q_norm.weight", "attn.k_norm.weight",
+                 "attn.v_norm.weight", "gpas.gate", "embed_norm.weight")
 
 
 class Transformer(nn.Module):
@@ -24,6 +30,8 @@ class Transformer(nn.Module):
         self.norm_cfg = norm
         self.plan: List[LayerSpec] = layer_plan(cfg, norm)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # Peri-LN's embedding normalisation (norm.embed_norm); an identity, holding nothing, without it.
+        self.embed_norm = RMSNorm(cfg.dim, cfg.norm_eps) if embed_norm_on(norm) else nn.Identity()
         self.layers = nn.ModuleList(build_block(cfg, spec) for spec in self.plan)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # final norm, before the head, for every scheme
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -40,7 +48,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Linear N(0, init_std); embedding N(0, embed_init_std); norms 1; the scheme's own rules per block."""
+        """Linear N(0, init_std); embedding N(0, embed_init_std); norms 1, GPAS gates 0; the scheme's own rules
+        per block."""
         self.reset_rope()
         for _, init in self.init_units():
             init()
@@ -49,6 +58,8 @@ class Transformer(nn.Module):
         """The initialisation, in order, one (submodule, init function) unit at a time, so that a model whose
         parameters are partitioned (ZeRO-3's zero.Init) can gather and initialise one unit at a time."""
         units = [(self.embed_tokens, lambda: nn.init.normal_(self.embed_tokens.weight, std=self.cfg.embed_init_std))]
+        if isinstance(self.embed_norm, RMSNorm):
+            units.append((self.embed_norm, self.embed_norm.reset_parameters))
         units += [(layer, layer.init_weights) for layer in self.layers]
         units.append((self.norm, self.norm.reset_parameters))
         if not self.cfg.tie_embeddings:
@@ -71,7 +82,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) int64 -> logits (B, T, vocab_size)."""
-        h = self.embed_tokens(tokens)  # (B, T, dim)
+        h = self.embed_norm(self.embed_tokens(tokens))  # (B, T, dim)
         cos, sin = self.rope(tokens.shape[1], h.dtype)
         for layer in self.layers:
             h = layer(h, cos, sin)
@@ -80,9 +91,10 @@ class Transformer(nn.Module):
     def hidden_states(self, tokens: torch.Tensor) -> List[torch.Tensor]:
         """The residual stream entering each layer and leaving the last one: L + 1 tensors of (B, T, dim).
 
-        Index 0 is the embedding output and index L the last layer's output before the final norm.
+        Index 0 is the embedding output (after the embedding norm, where there is one) and index L the last
+        layer's output before the final norm.
         """
-        h = self.embed_tokens(tokens)
+        h = self.embed_norm(self.embed_tokens(tokens))
         cos, sin = self.rope(tokens.shape[1], h.dtype)
         states = [h]
         for layer in self.layers:
@@ -122,3 +134,14 @@ def count_parameters(model: nn.Module) -> dict:
     total = sum(p.numel() for p in model.parameters())
     embedding = model.embed_tokens.weight.numel()
     return {"total": total, "non_embedding": total - embedding}
+
+
+def scheme_extras(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The initial value of each of the model's SCHEME_EXTRAS parameters, by name (works on the meta device and
+    under zero.Init, where a parameter's own shape is its partition's)."""
+    extras = {}
+    for name, p in model.named_parameters():
+        if name.endswith(SCHEME_EXTRAS):
+            shape = getattr(p, "ds_shape", p.shape)
+            extras[name] = torch.zeros(shape) if name.endswith("gpas.gate") else torch.ones(shape)
+    return extras

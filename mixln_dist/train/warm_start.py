@@ -14,12 +14,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError
-from ..model import ModelConfig
+from ..model import SCHEME_EXTRAS, ModelConfig
 from ..pretrained import load_pretrained
 
 SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "kv_heads", "ffn_dim", "vocab_size", "tie_embeddings")
-# Sandwich-LN's output norms exist in no other placement; a source without them leaves them at 1.
-OPTIONAL = ("attn_out_norm.weight", "mlp_out_norm.weight")
 
 
 def read_weights(path: str, model_cfg: ModelConfig) -> Dict[str, torch.Tensor]:
@@ -38,7 +36,9 @@ def read_weights(path: str, model_cfg: ModelConfig) -> Dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], zero3: bool, is_main: bool) -> None:
     """Copy `state` into the (already initialised) model; under ZeRO-3 one gathered parameter at a time."""
     names = [n for n, _ in model.named_parameters()]
-    missing = [n for n in names if n not in state and not n.endswith(OPTIONAL)]
+    # Norms and gates only some schemes have (Sandwich-LN's output norms, QK-norms, GPAS gates...): a source
+    # without them leaves them at their initial 1 (or 0).
+    missing = [n for n in names if n not in state and not n.endswith(SCHEME_EXTRAS)]
     unexpected = sorted(set(state) - set(names) - {"lm_head.weight"})  # a tied head is the embedding
     if missing or unexpected:
         raise CheckpointError(

@@ -9,7 +9,8 @@ VOCAB = 512  # the tiny_dataset tokenizer's size (tests/conftest.py)
 
 
 def _tiny_model(scheme: str = "mix", *, seed: int = 0, tie: bool = False, n_kv_heads=2, **norm_kw) -> Transformer:
-    """4 layers, grouped-query attention; mix has 2 Post-LN layers; norm weights drawn from U(0.5, 1.5)."""
+    """4 layers, grouped-query attention; mix has 2 Post-LN layers; norm weights drawn from U(0.5, 1.5), GPAS
+    gates from U(-1, 1)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(name="tiny", dim=64, n_layers=4, n_heads=4, n_kv_heads=n_kv_heads, ffn_dim=172,
                       vocab_size=VOCAB, max_seq_len=128, rope_theta=5000.0, tie_embeddings=tie)
@@ -20,6 +21,8 @@ def _tiny_model(scheme: str = "mix", *, seed: int = 0, tie: bool = False, n_kv_h
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("gpas.gate"):
+                p.uniform_(-1.0, 1.0)
     return model
 
 

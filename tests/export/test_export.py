@@ -10,16 +10,22 @@ from mixln_dist.export import ExportError, load_hf, save_hf, verify_export
 transformers = pytest.importorskip("transformers")
 safetensors = pytest.importorskip("safetensors.torch")
 
-SCHEMES = ("pre", "mix", "post", "deepnorm", "sandwich", "lns")
+# id -> (norm.scheme, other norm settings); the later placements and every composable switch included.
+SCHEMES = {"pre": ("pre", {}), "mix": ("mix", {}), "post": ("post", {}), "deepnorm": ("deepnorm", {}),
+           "sandwich": ("sandwich", {}), "lns": ("lns", {}), "peri": ("peri", {}), "reordered": ("reordered", {}),
+           "reordered_qk": ("reordered", {"qk_norm": True}), "hybrid": ("hybrid", {}),
+           "hybrid_star": ("hybrid", {"hybrid_star": True}), "mix_gpas": ("mix", {"alpha": 0.5, "gpas": True}),
+           "pre_gpas_qk_embed_norm": ("pre", {"gpas": True, "qk_norm": True, "embed_norm": True})}
 
 
 def export(model, out, **kw):
     return save_hf(model.state_dict(), model.cfg, model.norm_cfg, out, **kw)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_transformers_reproduces_logits_and_greedy_generation(tiny_model, tokenizer_path, tmp_path, scheme):
-    model = tiny_model(scheme)
+@pytest.mark.parametrize("variant", SCHEMES)
+def test_transformers_reproduces_logits_and_greedy_generation(tiny_model, tokenizer_path, tmp_path, variant):
+    scheme, settings = SCHEMES[variant]
+    model = tiny_model(scheme, **settings)
     result = export(model, tmp_path / "hf", tokenizer=tokenizer_path)  # verifies, or raises
     v = result.verification
     assert v.max_abs_logit_diff < 1e-5 and v.generation_equal, v
@@ -27,7 +33,7 @@ def test_transformers_reproduces_logits_and_greedy_generation(tiny_model, tokeni
 
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 5000.0  # for 4.x-era readers too
-    if scheme == "pre":  # a stock Llama: no remote code, no custom fields
+    if variant == "pre":  # a stock Llama: no remote code, no custom fields
         assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
         assert "auto_map" not in config and not (tmp_path / "hf" / "modeling_mixln.py").exists()
     else:
@@ -36,6 +42,8 @@ def test_transformers_reproduces_logits_and_greedy_generation(tiny_model, tokeni
         assert config["norm_scheme"] == scheme and config["layer_kinds"] == model.layer_kinds
         assert config["residual_scales"] == [s.residual_scale for s in model.plan]
         assert config["norm_scales"] == [s.norm_scale for s in model.plan]
+        assert config["qkv_norms"] == [s.qkv_norm for s in model.plan]
+        assert config["gpas"] is model.norm_cfg.gpas and config["embed_norm"] is hasattr(model.embed_norm, "weight")
 
 
 def test_mix_records_its_placement_and_keeps_llama_weight_names(tiny_model, tmp_path):

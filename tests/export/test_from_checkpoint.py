@@ -72,3 +72,18 @@ def test_evaluate_reproduces_the_trainers_final_validation_loss(runs, exports, t
         evaluated = json.loads(out.read_text())
         assert evaluated["tokens"] == final["tokens"]
         assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-6), source
+
+
+def test_export_cli_writes_the_official_layout(runs, exports, tmp_path):
+    """`--layout official` on a ZeRO-3 Mix-LN checkpoint: the official code's names, the same weights."""
+    from mixln_dist.cli import export_hf as cli
+    run_dir, _ = runs[3]
+    assert cli.main([str(run_dir), str(tmp_path / "official"), "--layout", "official"]) == 0
+    config = json.loads((tmp_path / "official" / "config.json").read_text())
+    assert config["model_type"] == "llama" and (config["norm_type"], config["post_num"]) == ("post_pre", 1)
+    names = set(safetensors.load_file(tmp_path / "official" / "model.safetensors"))
+    assert {"model.layers.0.post_feedforward_layernorm.weight", "model.layers.1.input_layernorm.weight"} <= names
+    official, _, norm = load_hf(tmp_path / "official")
+    ours, _, _ = load_hf(exports[3].path)
+    assert norm.post_layers == 1 and official.keys() == ours.keys()
+    assert all(torch.equal(official[k], ours[k]) for k in ours)

@@ -45,11 +45,17 @@ def test_a_pre_ln_llama_starts_a_mix_ln_model_with_the_same_weights(tmp_path):
     assert all(torch.equal(mix.state_dict()[k], v) for k, v in state.items())
     sandwich = import_hf_model(tmp_path / "llama", norm=NormConfig(scheme="sandwich"))
     assert torch.equal(sandwich.layers[2].mlp_out_norm.weight, torch.ones(96))  # new norms start at 1
+    gated = import_hf_model(tmp_path / "llama", norm=NormConfig(scheme="reordered", qk_norm=True, gpas=True))
+    assert torch.equal(gated.layers[1].attn.k_norm.weight, torch.ones(2 * 16))  # 2 kv heads of 16
+    assert torch.equal(gated.layers[1].gpas.gate, torch.zeros(1))  # gates start at the identity
 
 
-@pytest.mark.parametrize("scheme", ["mix", "deepnorm", "sandwich", "lns"])
-def test_export_import_round_trip_is_exact(tiny_model, tmp_path, scheme):
-    model = tiny_model(scheme)
+@pytest.mark.parametrize("scheme, settings", [
+    ("mix", {}), ("deepnorm", {}), ("sandwich", {}), ("lns", {}), ("peri", {}), ("peri", {"embed_norm": False}),
+    ("reordered", {"qk_norm": True}), ("hybrid", {"hybrid_star": True}), ("mix", {"alpha": 0.5, "gpas": True}),
+    ("post", {"embed_norm": True})], ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.items())))
+def test_export_import_round_trip_is_exact(tiny_model, tmp_path, scheme, settings):
+    model = tiny_model(scheme, **settings)
     save_hf(model.state_dict(), model.cfg, model.norm_cfg, tmp_path / "hf", verify=False)
     state, model_cfg, norm_cfg = load_hf(tmp_path / "hf")
     assert state.keys() == model.state_dict().keys()

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from mixln_dist.model import FLAVORS, ModelConfig, ModelConfigError, NormConfig, Transformer, layer_kinds
+from mixln_dist.model import (FLAVORS, ModelConfig, ModelConfigError, NormConfig, Transformer, embed_norm_on,
+                              layer_kinds, layer_plan)
 
 TINY = ModelConfig(name="t", dim=32, n_layers=4, n_heads=2, ffn_dim=64, vocab_size=64, max_seq_len=16)
 
@@ -42,6 +43,10 @@ def test_post_layers_overrides_alpha():
         (NormConfig(scheme="prenorm"), "unknown norm.scheme 'prenorm'"),
         (NormConfig(scheme="post", scaled_init=True), "scaled_init"),
         (NormConfig(scheme="mix", layer_kinds=["pre", "post"]), "norm.layer_kinds"),
+        (NormConfig(scheme="mix", layer_kinds=["pre", "hybrid", "pre", "pre"]), "need norm.scheme=hybrid"),
+        (NormConfig(scheme="pre", hybrid_star=True), "norm.hybrid_star .* needs norm.scheme=hybrid"),
+        (NormConfig(scheme="hybrid", qk_norm=True), "normalises queries, keys and values per head already"),
+        (NormConfig(scheme="peri", post_layers=1), "only meaningful for norm.scheme=mix"),
     ],
 )
 def test_invalid_norm_settings_are_rejected(norm, message):
@@ -50,8 +55,41 @@ def test_invalid_norm_settings_are_rejected(norm, message):
 
 
 def test_pure_schemes_use_one_kind_everywhere():
-    for scheme in ("pre", "post", "sandwich", "deepnorm", "lns"):
+    for scheme in ("pre", "post", "sandwich", "deepnorm", "lns", "reordered", "hybrid"):
         assert layer_kinds(NormConfig(scheme=scheme), 6) == [scheme] * 6
+
+
+def test_later_placements_and_their_switches():
+    assert layer_kinds(NormConfig(scheme="peri"), 4) == ["sandwich"] * 4  # Peri-LN's block is Sandwich-LN's
+    assert layer_kinds(NormConfig(scheme="hybrid", hybrid_star=True), 4) == ["pre", "hybrid", "hybrid", "hybrid"]
+    plans = {name: layer_plan(TINY, norm) for name, norm in (
+        ("hybrid_star", NormConfig(scheme="hybrid", hybrid_star=True)),
+        ("mix_qk", NormConfig(scheme="mix", qk_norm=True)),
+        ("mix_gpas", NormConfig(scheme="mix", gpas=True)), ("mix", NormConfig(scheme="mix")))}
+    assert {s.qkv_norm for s in plans["hybrid_star"]} == {"qkv"}  # HybridNorm*'s Pre-LN block keeps QKV-norm
+    assert {s.qkv_norm for s in plans["mix_qk"]} == {"qk"} and {s.qkv_norm for s in plans["mix"]} == {"none"}
+    assert all(s.gpas for s in plans["mix_gpas"]) and not any(s.gpas for s in plans["mix"])
+    # The embedding norm: on by default for Peri-LN only, a switch everywhere.
+    assert [embed_norm_on(NormConfig(scheme=s)) for s in ("peri", "sandwich", "pre")] == [True, False, False]
+    assert not embed_norm_on(NormConfig(scheme="peri", embed_norm=False))
+    assert embed_norm_on(NormConfig(scheme="mix", embed_norm=True))
+
+
+def test_summary_names_every_placement_and_switch():
+    from mixln_dist.model import summarize
+
+    def summary(**norm):
+        with torch.device("meta"):
+            return summarize(Transformer(TINY, NormConfig(**norm)))
+
+    assert "layers 0-3     Sandwich-LN (= Peri-LN block) (4 layers)" in summary(scheme="peri")
+    assert "norm scheme: peri, embedding norm" in summary(scheme="peri")
+    assert "reordered norm (OLMo 2) + QK-norm (4 layers)" in summary(scheme="reordered", qk_norm=True)
+    text = summary(scheme="hybrid", hybrid_star=True)
+    assert "norm scheme: hybrid, HybridNorm*" in text and "layer 0        Pre-LN + QKV-norm (1 layer)" in text
+    assert "layers 1-3     HybridNorm (Post-LN feed-forward) + QKV-norm (3 layers)" in text
+    text = summary(scheme="mix", gpas=True)
+    assert "norm scheme: mix, GPAS" in text and "layer 0        Post-LN + GPAS (1 layer)" in text
 
 
 ALL_SCHEMES = {
@@ -63,6 +101,13 @@ ALL_SCHEMES = {
     "lns": NormConfig(scheme="lns"),
     "pre_scaled_init": NormConfig(scheme="pre", scaled_init=True),
     "mix_scaled_init": NormConfig(scheme="mix", alpha=0.5, scaled_init=True),
+    "peri": NormConfig(scheme="peri"),
+    "reordered": NormConfig(scheme="reordered"),
+    "reordered_qk": NormConfig(scheme="reordered", qk_norm=True),
+    "hybrid": NormConfig(scheme="hybrid"),
+    "hybrid_star": NormConfig(scheme="hybrid", hybrid_star=True),
+    "mix_gpas": NormConfig(scheme="mix", alpha=0.5, gpas=True),
+    "pre_qk_embed_norm": NormConfig(scheme="pre", qk_norm=True, embed_norm=True),
 }
 
 
@@ -141,15 +186,20 @@ def test_tied_embeddings_share_one_tensor():
     assert model.embed_tokens.weight.std().item() == pytest.approx(math.sqrt(0.4), rel=0.1)
 
 
-def test_meta_device_build_then_init():
-    """Built on the meta device (no memory), materialized, then initialised: same model as an eager build."""
+@pytest.mark.parametrize("scheme", ["mix", "peri", "reordered_qk", "hybrid_star", "mix_gpas", "pre_qk_embed_norm"])
+def test_meta_device_build_then_init(scheme):
+    """Built on the meta device (no memory), materialized (to_empty: every value garbage, buffers included), then
+    initialised: same model as an eager build, so no scheme keeps a constant init_weights does not restore."""
     with torch.device("meta"):
-        model = Transformer(TINY, NormConfig(scheme="mix"))
+        model = Transformer(TINY, ALL_SCHEMES[scheme])
     assert all(p.is_meta for p in model.parameters())
     model.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.fill_(float("nan"))  # what to_empty leaves is arbitrary: make it unmistakable
     torch.manual_seed(0)
     model.init_weights()
-    eager = build(NormConfig(scheme="mix"), seed=0)
+    eager = build(ALL_SCHEMES[scheme], seed=0)
     for (name, a), b in zip(model.state_dict().items(), eager.state_dict().values()):
         assert torch.equal(a, b), name
     torch.testing.assert_close(model.rope_cos, eager.rope_cos)

@@ -55,21 +55,48 @@ def test_a_pre_ln_llama_seeds_a_mix_ln_run(zero, env, tiny_dataset, llama_folder
     trainer.close()
 
 
-def test_our_checkpoint_seeds_a_run_with_another_scheme(env, tiny_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def pre_ln_run(env, tiny_dataset, tmp_path_factory):
+    """One of our checkpoints: a Pre-LN run trained 2 steps."""
     from mixln_dist.train.trainer import Trainer
 
-    source = Trainer(compose(tiny_overrides(tiny_dataset, tmp_path, "norm=pre", "train.steps=2")), env,
+    out = tmp_path_factory.mktemp("source")
+    source = Trainer(compose(tiny_overrides(tiny_dataset, out, "norm=pre", "train.steps=2")), env,
                      log=lambda *a, **k: None)
     source.fit()
     source.close()
-    trained, _, _ = load_model(tmp_path / "debug-pre")
-    cfg = compose(tiny_overrides(tiny_dataset, tmp_path, "norm=sandwich", f"train.init_from={tmp_path / 'debug-pre'}"))
+    return out / "debug-pre"
+
+
+# Targets whose weights share every name with Pre-LN's, plus norms and gates of their own.
+TARGETS = {"sandwich": ("norm=sandwich",), "peri": ("norm=peri",),
+           "reordered_qk": ("norm=reordered", "norm.qk_norm=true"), "mix_gpas": ("norm=mix", "norm.gpas=true")}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_our_checkpoint_seeds_a_run_with_another_scheme(target, env, tiny_dataset, pre_ln_run, tmp_path):
+    from mixln_dist.train.trainer import Trainer
+
+    trained, _, _ = load_model(pre_ln_run)
+    cfg = compose(tiny_overrides(tiny_dataset, tmp_path, *TARGETS[target], f"train.init_from={pre_ln_run}"))
     trainer = Trainer(cfg, env, log=lambda *a, **k: None)
     weights = engine_weights(trainer)
     for name, tensor in trained.state_dict().items():
         assert torch.equal(weights[name], tensor), name
-    assert torch.equal(weights["layers.0.attn_out_norm.weight"], torch.ones(64))  # sandwich-only norms start at 1
+    extras = set(weights) - set(trained.state_dict())
+    assert extras, "the target scheme should have norms or gates of its own"
+    for name in extras:  # the target's own norms start at 1, its GPAS gates at 0
+        assert torch.equal(weights[name], torch.zeros(1) if name.endswith("gpas.gate") else torch.ones(64)), name
     trainer.close()
+
+
+def test_a_source_missing_weights_the_target_needs_is_refused(env, tiny_dataset, pre_ln_run, tmp_path):
+    """HybridNorm's blocks have no attention input norm: a Pre-LN checkpoint does not fit them."""
+    from mixln_dist.train.trainer import Trainer
+
+    cfg = compose(tiny_overrides(tiny_dataset, tmp_path, "norm=hybrid", f"train.init_from={pre_ln_run}"))
+    with pytest.raises(CheckpointError, match=r"does not fit this model: .*unexpected \['layers.0.attn_norm.weight'"):
+        Trainer(cfg, env)
 
 
 def test_a_source_of_another_shape_is_refused(env, tiny_dataset, llama_folder, tmp_path):
