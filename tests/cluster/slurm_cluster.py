@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from cluster.service import Service
+
 PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client", "munged": "munge"}
 NETNS_PACKAGES = {"ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux"}
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -92,7 +94,7 @@ class JobInfo:
         return self.stdout.read_text(errors="replace") if self.stdout and self.stdout.exists() else ""
 
 
-class SlurmCluster:
+class SlurmCluster(Service):
     def __init__(self, root: Path, layout: str = "single", cpus_per_node: int = 2, mem_mb: int = 4000):
         if layout not in ("single", "ports", "netns"):
             raise ValueError(f"layout must be single, ports or netns, not {layout!r}")
@@ -111,17 +113,6 @@ class SlurmCluster:
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
 
     # --- start and stop ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> "SlurmCluster":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> None:
         for d in ("state", "spool", "log", "run", "munge"):

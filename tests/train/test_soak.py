@@ -1,6 +1,6 @@
-"""The soak test (slow, about 20 minutes): runs killed at random moments, with SIGKILL (of the launcher or of a
-rank) or SIGTERM, and restarted each time until they finish, end with every step's loss equal to an
-uninterrupted run's. With 1 rank (a plain python start) and with 2 (torchrun).
+"""The soak test (slow, about 2-3 minutes on 2 quiet cores): runs killed at random moments, with SIGKILL (of the
+launcher or of a rank) or SIGTERM, and restarted each time until they finish, end with every step's loss equal to
+an uninterrupted run's. With 1 rank (a plain python start) and with 2 (torchrun).
 
     python -m pytest -m slow tests/train/test_soak.py
 """
