@@ -48,6 +48,11 @@ class StopRequests:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.reason is not None:
+            # Stopping: the checkpoint is written and the process is on its way out. A repeated signal that
+            # arrives now (a second Ctrl-C, Slurm's follow-up SIGTERM) must not turn a clean stop into a
+            # KeyboardInterrupt during shutdown, so the handlers stay and go on reporting it.
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

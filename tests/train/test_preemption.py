@@ -134,3 +134,31 @@ def test_the_ranks_stop_with_the_deepspeed_launcher(tiny_dataset, tmp_path):
 def _alive(session: int) -> list:
     out = subprocess.run(["pgrep", "-g", str(session)], capture_output=True, text=True).stdout.split()
     return [pid for pid in out if pid != str(os.getpid())]
+
+
+def test_a_signal_after_the_stop_cannot_interrupt_the_shutdown():
+    """Seen in CI: the save took no time, so the second signal of the SIGTERM case above landed after training,
+    during shutdown, where the restored default handler raised KeyboardInterrupt and the clean stop exited -2."""
+    from mixln_dist.train.preemption import STOP_SIGNALS, StopRequests
+
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    said = []
+    try:
+        with StopRequests(log=said.append):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # after the block: must be reported, not raised
+        time.sleep(0.01)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert said[0].startswith("received SIGTERM: stopping") and said[1].startswith("received SIGINT again")
+
+
+def test_without_a_stop_the_previous_handlers_come_back():
+    from mixln_dist.train.preemption import STOP_SIGNALS, StopRequests
+
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    with StopRequests(log=print):
+        pass
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
