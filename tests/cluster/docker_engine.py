@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from cluster.service import Service
+from train.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/bin/docker"  # Debian's client: another one earlier on PATH may refuse the legacy builder
@@ -38,12 +39,6 @@ def missing_requirements() -> str | None:
     if missing:
         return f"missing {', '.join(missing)}: apt-get install -y --no-install-recommends docker.io debootstrap"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _local_pip_sources() -> tuple[list[str], list[str]]:
@@ -69,14 +64,15 @@ class DockerEngine(Service):
         self.env = os.environ | {"DOCKER_HOST": self.sock}
         self._procs: list[subprocess.Popen] = []
         self._daemon: subprocess.Popen | None = None
+        self._log = None
 
     def start(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "dockerd.log", "w")
+        self._log = open(self.root / "dockerd.log", "w")
         self._daemon = subprocess.Popen(
             ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false",
              "--ip-masq=false", "--data-root", f"{self.root}/data", "--exec-root", f"{self.root}/exec",
-             "-H", self.sock, "--pidfile", f"{self.root}/dockerd.pid"], stdout=log, stderr=subprocess.STDOUT)
+             "-H", self.sock, "--pidfile", f"{self.root}/dockerd.pid"], stdout=self._log, stderr=subprocess.STDOUT)
         for _ in range(60):
             if subprocess.run([DOCKER, "info"], env=self.env, capture_output=True).returncode == 0:
                 return
@@ -93,6 +89,8 @@ class DockerEngine(Service):
                     proc.kill()
                     proc.wait()
         self._procs.clear()
+        if self._log:
+            self._log.close()
         netns = self.root / "exec" / "netns" / "default"
         if netns.exists():
             subprocess.run(["umount", str(netns)], capture_output=True)  # a leftover nsfs mount of dockerd
@@ -110,11 +108,16 @@ class DockerEngine(Service):
         return name
 
     def _serve(self, folder: str) -> str:
-        port = _free_port()
+        port = free_port()
         self._procs.append(subprocess.Popen(
             [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", folder],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        return f"http://127.0.0.1:{port}/"
+        for _ in range(100):  # pip must not find the server still starting
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"http://127.0.0.1:{port}/"
+            time.sleep(0.1)
+        raise RuntimeError(f"the file server for {folder} did not start on port {port}")
 
     def build_cpu_image(self, base: str, tag: str = "mixln:cpu") -> str:
         context = self.root / "context"
@@ -128,7 +131,6 @@ class DockerEngine(Service):
         for crt in EXTRA_CA.glob("*.crt"):
             shutil.copy2(crt, context / "docker" / "certs" / crt.name)
         links, index_roots = _local_pip_sources()
-        time.sleep(0.5)  # let the file servers bind before pip asks them
         args = ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", "TORCH_INDEX_URL="]
         if links:
             args += ["--build-arg", "PIP_FIND_LINKS=" + " ".join(self._serve(f) for f in links)]
