@@ -146,3 +146,15 @@ def test_default_paths_are_under_mixln_home_and_the_package(tmp_path, monkeypatc
     assert cfg.data.tokenizer.path == str(tmp_path / "data" / "prepared" / "sample" / "tokenizer.model")
     assert cfg.data.train == [f"{package_file('corpora/sample/train')}/*.txt.gz"]
     assert compose(["data.dir=relative/dir"]).data.dir == "relative/dir"  # a user's own path keeps its meaning
+
+
+def test_an_experiment_recipe_sets_groups_and_keys_and_the_command_line_still_wins(tmp_path):
+    """`experiment=NAME` is one override for a whole recipe; it comes after the defaults, the overrides after it."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "deep.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /norm: pre\nmodel:\n  n_layers: 8\noptim:\n  lr: 0.005\n")
+    cfg = compose(["experiment=deep", "optim.lr=0.002"], config_dir=tmp_path)
+    assert (cfg.norm.scheme, cfg.model.n_layers, cfg.optim.lr) == ("pre", 8, 0.002)
+    assert compose(config_dir=tmp_path).model.n_layers == 4  # no recipe unless one is asked for
+    with pytest.raises(ConfigError, match="unknown option 'dep' for config group 'experiment'.*did you mean 'deep'"):
+        compose(["experiment=dep"], config_dir=tmp_path)

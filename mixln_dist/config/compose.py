@@ -26,7 +26,7 @@ from ..paths import config_dirs, home, package_file
 from .checks import did_you_mean, validate
 from .schema import Config
 
-GROUPS = ("model", "norm", "data", "optim", "zero", "train")
+GROUPS = ("model", "norm", "data", "optim", "zero", "train", "experiment")
 PathLike = Union[str, Path]
 
 
