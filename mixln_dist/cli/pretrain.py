@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 from .common import is_first_rank, parse_config_cli, run
@@ -58,6 +59,15 @@ def pretrain(overrides: Sequence[str], config_dir: Optional[str] = None) -> int:
         # Every rank reaches the same verdict from the same inputs, before any collective: leave together.
         clean = True
         raise
+    except RuntimeError as e:
+        from ..train.distributed import lost_peer_message
+
+        lost = lost_peer_message(e, timeout_s=cfg.train.dist_timeout_s)
+        if lost is None:
+            raise
+        # A machine's failure, not the user's: one line and exit 1 (worth a retry), not a traceback or exit 2.
+        print(f"error: {lost}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from e
     finally:
         shutdown(clean)
     return 0

@@ -1,4 +1,5 @@
-"""Process-group setup for every way a job is started: `deepspeed`, `torchrun`, or plain `python` (one rank).
+"""Process-group setup for every way a job is started: `deepspeed`, `torchrun`, `srun`, or plain `python` (one
+rank).
 
 Chooses nccl on GPUs and gloo on CPUs, bounds every collective by a timeout (a hung rank fails the job instead
 of stalling it for gloo's default 30 minutes), and avoids DeepSpeed's CPU shared-memory op, which only
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, RunError
+from .launch_env import cuda_device_index, rank_environment
 from .preemption import die_with_parent
 
 _CONTROL_GROUP = None  # see control_group()
+_PEERS: list = []  # (rank, host, address) of every rank, for naming the one that was lost (see lost_peer_message)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ def keep_freed_cpu_memory() -> None:
 def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     """Create (or join) the process group and return this rank's place in it."""
     select_accelerator(device)
+    os.environ.update(rank_environment(os.environ))  # under srun: Slurm's task numbers (launch_env.py)
     alone = "RANK" not in os.environ
     if alone:  # plain `python launch/pretrain.py`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
@@ -114,12 +118,13 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     # so that exchanging them never waits for, or synchronises with, the GPU.
     _CONTROL_GROUP = None if on_cpu else torch.distributed.new_group(backend="gloo")
     die_with_parent()
+    _PEERS[:] = _gather_peers()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_cpu:
         dev = torch.device("cpu")
     else:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(dev)
     return DistEnv(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
@@ -127,6 +132,47 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
         local_world_size=local_world,
         device=dev,
     )
+
+
+def _address_towards(host: str) -> str:
+    """This host's address on the route to `host` (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "?"
+
+
+def _gather_peers() -> list:
+    """Every rank's host name and address, as its peers see it: gloo and NCCL name a failed peer only by address."""
+    import torch.distributed as dist
+
+    mine = (dist.get_rank(), socket.gethostname(), _address_towards(os.environ.get("MASTER_ADDR", "127.0.0.1")))
+    peers = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, mine, group=_CONTROL_GROUP)
+    return peers
+
+
+def lost_peer_message(error: BaseException, peers=None, timeout_s: int = 0) -> "str | None":
+    """A one-line account of a collective that failed because a peer went away, or None for any other error.
+    gloo reports the peer's address ("Read error [10.200.0.2]:8383: Connection reset by peer"); that names the
+    rank(s) on that host."""
+    import re
+
+    text = str(error)
+    peers = _PEERS if peers is None else peers
+    lost = "Connection reset by peer" in text or "Connection closed by peer" in text or "Broken pipe" in text
+    timed_out = "Timed out" in text or "timed out" in text
+    if not (lost or timed_out):
+        return None
+    addresses = set(re.findall(r"\[([0-9A-Fa-f:.]+)\]:\d+", text))
+    named = [f"rank {r} ({host}, {addr})" for r, host, addr in peers if addr in addresses]
+    what = f"lost {', '.join(named)}" if named else "lost contact with a peer rank"
+    why = (f"a collective waited the full train.dist_timeout_s={timeout_s}" if timed_out and timeout_s
+           else "its process or node died, or the network between them failed")
+    return (f"{what}: {why}. The run stops; its newest checkpoint is intact: resubmit (train.resume=auto) once "
+            f"the node is healthy. gloo/NCCL said: {text.splitlines()[0][:300]}")
 
 
 def control_group():
