@@ -12,8 +12,10 @@ import ctypes
 import datetime
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -154,12 +156,10 @@ def _gather_peers() -> list:
     return peers
 
 
-def lost_peer_message(error: BaseException, peers=None, timeout_s: int = 0) -> "str | None":
+def lost_peer_message(error: BaseException, peers=None, timeout_s: int = 0) -> Optional[str]:
     """A one-line account of a collective that failed because a peer went away, or None for any other error.
     gloo reports the peer's address ("Read error [10.200.0.2]:8383: Connection reset by peer"); that names the
     rank(s) on that host."""
-    import re
-
     text = str(error)
     peers = _PEERS if peers is None else peers
     lost = "Connection reset by peer" in text or "Connection closed by peer" in text or "Broken pipe" in text
