@@ -124,8 +124,8 @@ def activation_bytes(cfg: Config, micro_batch: int, precision: str, mode: Option
 
 
 def model_state_bytes(cfg: Config, size: ModelSize, n_gpus: int, precision: str) -> Dict[str, int]:
-    """Per-GPU bytes of parameters, gradients, optimizer states and DeepSpeed's buffers, and the CPU bytes per
-    GPU that offload moves there (see the module docstring)."""
+    """Per-GPU bytes of parameters, gradients, optimizer states, the gathered module of stage 3 and DeepSpeed's
+    buffers, and the CPU bytes per GPU that offload moves there (see the module docstring)."""
     z, P, N = cfg.zero, size.parameters, n_gpus
     w = 2 if precision == "bf16" else 4
     bf16 = precision == "bf16"
@@ -148,11 +148,10 @@ def model_state_bytes(cfg: Config, size: ModelSize, n_gpus: int, precision: str)
         if z.offload_param == "cpu":
             cpu += w * P / N
         params = 0
-    buffers = z.reduce_bucket_size * w
-    if z.stage == 3:
-        buffers += 2 * w * size.largest_module_parameters + z.stage3_prefetch_bucket_size * w
-    return {"parameters": int(params), "gradients": int(grads), "optimizer": int(optim), "buffers": int(buffers),
-            "cpu": int(cpu)}
+    buffers = z.reduce_bucket_size * w + (z.stage3_prefetch_bucket_size * w if z.stage == 3 else 0)
+    gathered = 2 * w * size.largest_module_parameters if z.stage == 3 else 0
+    return {"parameters": int(params), "gradients": int(grads), "optimizer": int(optim), "gathered": int(gathered),
+            "buffers": int(buffers), "cpu": int(cpu)}
 
 
 # The plan -------------------------------------------------------------------------------------------------------
@@ -196,8 +195,9 @@ def plan_memory(cfg: Config, gpus_per_node: int = 1, nodes: int = 1, gpu_memory_
                                     cfg.train.global_batch_size, n_gpus)
     states = model_state_bytes(cfg, size, n_gpus, precision)
     act = activation_bytes(cfg, batch.micro_batch_size, precision)
-    fixed = states["parameters"] + states["gradients"] + states["optimizer"] + states["buffers"]
-    per_gpu = {k: states[k] for k in ("parameters", "gradients", "optimizer", "buffers")}
+    per_gpu = {k: states[k] for k in ("parameters", "gradients", "optimizer")}
+    per_gpu["buffers"] = states["gathered"] + states["buffers"]
+    fixed = sum(per_gpu.values())
     per_gpu.update(activations=act, total=fixed + act)
     usable = gpu_memory_gib * GIB * (1 - FRAGMENTATION) - RESERVED_BYTES
     per_sample = activation_bytes(cfg, 1, precision)
