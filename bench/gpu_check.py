@@ -44,7 +44,8 @@ def main() -> int:
     memory_gib = torch.cuda.get_device_properties(env.device).total_memory / 2**30 if cuda else 80.0
     plan = plan_memory(cfg, gpus_per_node=env.world_size, gpu_memory_gib=memory_gib).to_json()
     row = {
-        "config": " ".join(overrides), "ranks": env.world_size, "steps": steps, "loss_first_last": [losses[0], losses[-1]],
+        "config": " ".join(overrides), "ranks": env.world_size, "steps": steps,
+        "loss_first_last": [losses[0], losses[-1]],
         "step_s": sum(timed) / len(timed), "tokens_per_s": tokens_per_s,
         "mfu": trainer.flops_per_token * tokens_per_s / (peak * env.world_size) if peak else None,
         "peak_allocated": torch.cuda.max_memory_allocated() if cuda else None,

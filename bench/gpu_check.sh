@@ -57,12 +57,14 @@ else
   SEVEN_B=(zero=stage3_init zero.offload_optimizer=cpu model=llama_7b norm=mix norm.post_layers=2
            train.precision=bf16 train.micro_batch_size=4 train.run_name=check7b)
   # The optimizer states of a 7B model take 16 bytes per parameter of host memory: check before trying.
-  need=$("$PY" launch/plan.py "${COMMON[@]}" "${SEVEN_B[@]}" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["cpu_bytes"])')
+  need=$("$PY" launch/plan.py "${COMMON[@]}" "${SEVEN_B[@]}" --json |
+         "$PY" -c 'import json, sys; print(json.load(sys.stdin)["cpu_bytes"])')
   have=$(awk '/MemAvailable/ {print $2 * 1024}' /proc/meminfo)
   if [ "$have" -gt $((need + need / 10)) ]; then
     run_case 240 2 "${SEVEN_B[@]}"
   else
-    echo "== llama_7b skipped: its offloaded optimizer needs $((need >> 30)) GiB of host memory, $((have >> 30)) GiB free" >&2
+    echo "== llama_7b skipped: its offloaded optimizer needs $((need >> 30)) GiB of host memory;" \
+         "$((have >> 30)) GiB are free" >&2
   fi
 fi
 

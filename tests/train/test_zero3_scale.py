@@ -58,6 +58,7 @@ def test_llama_350m_trains_two_zero3_steps_with_offload_within_the_plan(tiny_dat
     overrides = [f"data.dir={tiny_dataset}", "data.tokenizer.vocab_size=512", "data.auto_prepare=false",
                  "data.seq_len=256", "model=llama_350m", "zero=stage3", "zero.offload_optimizer=cpu",
                  "train.precision=fp32", "train.micro_batch_size=1", "train.steps=2", "optim.warmup_steps=1",
+                 "zero.reduce_bucket_size=50_000_000", "zero.stage3_prefetch_bucket_size=10_000_000",
                  "train.progress_bar=false", "train.tensorboard=false", f"train.out_dir={tmp_path / 'runs'}"]
     ranks = probe("step", tmp_path / "step", overrides)
     plan = ranks[0]["plan"]
