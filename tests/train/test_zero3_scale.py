@@ -42,7 +42,7 @@ def test_zero_init_builds_llama_1b_on_two_ranks_without_materialising_it(tmp_pat
         assert res["visible_param_elements"] == 0  # every parameter is a partition
         assert res["resident_param_bytes"] == pytest.approx(full / 2, rel=0.01)
         assert res["peak_rss"] < 0.75 * full  # the process itself included
-        assert res["peak_rss"] - res["rss_before"] < 0.6 * full
+        assert res["peak_rss"] - res["rss_before"] < 0.7 * full  # its half, and one gathered module on top
     print(f"unsharded build: peak {reference['peak_rss'] / GB:.2f} GB in {reference['seconds']:.0f} s")
     assert reference["peak_rss"] > full
     stats, ref = ranks[0]["stats"], reference["stats"]
