@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHELL_SCRIPTS = sorted(str(p) for p in [*ROOT.glob("docker/*.sh"), *ROOT.glob("launch/slurm/*.sbatch"), ROOT / "setup.sh",
-                                                ROOT / ".ci/run"] if p.exists())
+SHELL_SCRIPTS = sorted(str(p) for p in [*ROOT.glob("docker/*.sh"), *ROOT.glob("bench/*.sh"),
+                                        *ROOT.glob("launch/slurm/*.sbatch"), ROOT / "setup.sh", ROOT / ".ci/run"]
+                       if p.exists())
 
 
 def _tool(name: str) -> str:

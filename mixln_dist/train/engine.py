@@ -13,7 +13,7 @@ import torch
 from ..config import Config
 from ..model import Transformer, build_model
 from .activation_checkpointing import apply_activation_checkpointing
-from .distributed import DistEnv
+from .distributed import DistEnv, freed_cpu_memory_returned
 from .ds_config import BatchPlan, deepspeed_config
 from .optim import build_optimizer, build_scheduler, choose_impl
 from .warm_start import load_weights, read_weights
@@ -79,13 +79,14 @@ def initialised_model(cfg: Config, env: DistEnv, ds_config: dict) -> Transformer
         return build_model(cfg.model, cfg.norm, env.device)
     import deepspeed
 
-    with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = Transformer(cfg.model, cfg.norm)
-    torch.manual_seed(cfg.train.seed)  # building under zero.Init drew from the generator
-    model.reset_rope()
-    for unit, init in model.init_units():
-        # Gather one unit at a time; rank 0 draws the values and ZeRO scatters them back.
-        with deepspeed.zero.GatheredParameters(list(unit.parameters()), modifier_rank=0):
-            if env.is_main:
-                init()
+    with freed_cpu_memory_returned():  # on the CPU, the full tensors freed here must not stay resident
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = Transformer(cfg.model, cfg.norm)
+        torch.manual_seed(cfg.train.seed)  # building under zero.Init drew from the generator
+        model.reset_rope()
+        for unit, init in model.init_units():
+            # Gather one unit at a time; rank 0 draws the values and ZeRO scatters them back.
+            with deepspeed.zero.GatheredParameters(list(unit.parameters()), modifier_rank=0):
+                if env.is_main:
+                    init()
     return model
