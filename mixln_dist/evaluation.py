@@ -14,17 +14,16 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, vocab)
+# Our model (or the DeepSpeed engine around it): (inputs (B, T), targets=(B, T), reduction=) -> fp32 loss, computed
+# without ever holding the full logits (mixln_dist/model/loss.py).
+Forward = Callable[..., torch.Tensor]
 
 
 def next_token_loss(forward: Forward, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of predicting tokens[:, 1:] from tokens[:, :-1] (tokens: (B, T+1)), in fp32 whatever the
     model computes in: the mean over every target (the training loss), or per target, (B, T), with "none"."""
-    logits = forward(tokens[:, :-1])
-    loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction)
-    return loss.view(tokens.shape[0], -1) if reduction == "none" else loss
+    return forward(tokens[:, :-1], targets=tokens[:, 1:], reduction=reduction)
 
 
 def token_losses(forward: Forward, tokens: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,10 @@ class TrainConfig:
     progress_bar: bool = True
     diag_interval: int = 0  # per-layer gradient norms every N steps; 0 = off
     dist_timeout_s: int = 600  # a rank that stops answering fails the run after this long
-    compile: bool = False  # torch.compile the model
+    # torch.compile each decoder block (train/compile.py; DeepSpeed's engine.compile() under ZeRO-3). The first step
+    # compiles: tens of seconds on a CPU. Off by default for that start-up cost and because inductor needs a C++
+    # compiler on a CPU (and Triton on a GPU); docs/benchmarks.md has what it buys.
+    compile: bool = False
     guard: GuardConfig = field(default_factory=GuardConfig)
 
 

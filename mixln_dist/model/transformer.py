@@ -15,6 +15,7 @@ from torch import nn
 from .args import LayerSpec, ModelConfig, NormConfig, embed_norm_on, layer_plan
 from .blocks import build_block
 from .layers import RMSNorm, rope_tables
+from .loss import LMHead
 
 
 # Parameters only some schemes have, each starting at a constant (norm weights 1, GPAS gates 0). A model of
@@ -34,7 +35,7 @@ class Transformer(nn.Module):
         self.embed_norm = RMSNorm(cfg.dim, cfg.norm_eps) if embed_norm_on(norm) else nn.Identity()
         self.layers = nn.ModuleList(build_block(cfg, spec) for spec in self.plan)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # final norm, before the head, for every scheme
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = LMHead(cfg.dim, cfg.vocab_size)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         # Derived, not learned: rebuilt by init_weights() and never saved in checkpoints.
@@ -80,13 +81,17 @@ class Transformer(nn.Module):
             )
         return self.rope_cos[:seq_len].to(dtype), self.rope_sin[:seq_len].to(dtype)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) int64 -> logits (B, T, vocab_size)."""
+    def forward(self, tokens: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """tokens (B, T) int64 -> logits (B, T, vocab_size); with targets (B, T), their cross-entropy instead (fp32:
+        the mean, or (B, T) with reduction="none"), computed without the full logits (loss.py)."""
         h = self.embed_norm(self.embed_tokens(tokens))  # (B, T, dim)
         cos, sin = self.rope(tokens.shape[1], h.dtype)
         for layer in self.layers:
             h = layer(h, cos, sin)
-        return self.lm_head(self.norm(h))
+        if targets is None:
+            return self.lm_head(self.norm(h))
+        return self.lm_head(self.norm(h), targets, reduction)
 
     def hidden_states(self, tokens: torch.Tensor) -> List[torch.Tensor]:
         """The residual stream entering each layer and leaving the last one: L + 1 tensors of (B, T, dim).

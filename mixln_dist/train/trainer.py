@@ -200,7 +200,14 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer step over this rank's slice of the next global batch."""
         self.last_lr = self.engine.get_lr()[0]  # the rate this step uses (the scheduler moves on in step())
-        batch = self.loader.next_batch().to(self.env.device, non_blocking=True)
+        batch = self.loader.next_batch()
+        if self.env.device.type == "cuda":
+            # From pinned memory the copy is asynchronous: the host queues the step's kernels without waiting
+            # for it (from pageable memory, non_blocking still blocks). Reading the rows from the memory-mapped
+            # shards takes microseconds, so the next batch is not prefetched: that would also move the loader
+            # state that checkpoints hold ahead of the weights.
+            batch = batch.pin_memory()
+        batch = batch.to(self.env.device, non_blocking=True)
         total = torch.zeros((), dtype=torch.float64, device=self.env.device)
         micro_batches = batch.split(self.batch.micro_batch_size)
         spike = global_loss = None
