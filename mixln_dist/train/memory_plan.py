@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..config import Config
 from .activation_checkpointing import checkpointed_layers
@@ -71,8 +71,8 @@ def activation_bytes_per_token(cfg: Config, precision: str) -> Dict[str, float]:
 
     layer      what one decoder layer saves for its backward
     checkpoint what a checkpointed layer saves instead (its input)
-    head       the embedding output, the final norm and the fp32 log-probabilities of the loss
-    loss_peak  the loss's backward: the gradients of the log-probabilities and of the logits, both fp32
+    head       the embedding output, the final norm, and the hidden-state gradient the loss computes in its
+               forward (mixln_dist/model/loss.py: the full logits never exist, so nothing of size vocab per token)
     recompute  what backward through one layer holds beyond what it saved: the gradients in flight, and, for a
                checkpointed layer, its recomputed activations
     """
@@ -101,23 +101,43 @@ def activation_bytes_per_token(cfg: Config, precision: str) -> Dict[str, float]:
         "layer": layer,
         "layers_total": sum(layers),
         "checkpoint": a * d,
-        "head": a * d + norm + 4 * V,
-        "loss_peak": 8 * V,
+        "head": a * d + norm + a * d,
         "working": a * (f + d),  # the gradients of about one f-wide and one d-wide tensor at a time
     }
 
 
-def activation_bytes(cfg: Config, micro_batch: int, precision: str, mode: Optional[str] = None) -> int:
+def activation_bytes(cfg: Config, micro_batch: int, precision: str, mode: Optional[str] = None,
+                     device: str = "cuda") -> int:
     """Peak bytes of a micro-batch's forward and backward beyond the model states, for activation checkpointing
-    `mode` (the config's own when None). The peak is the larger of the loss's backward (every layer's activations
-    still saved) and the backward of one layer (recomputed first when checkpointed)."""
+    `mode` (the config's own when None), on `device` (the loss's chunk depends on it). The peak is the larger of
+    the loss (every layer's activations still saved) and the backward of one layer (recomputed first when
+    checkpointed)."""
     per = activation_bytes_per_token(cfg, precision)
     mode = cfg.train.activation_checkpointing if mode is None else mode
     n_ckpt = len(checkpointed_layers(cfg.model.n_layers, mode, cfg.train.ac_every_k))
     L = cfg.model.n_layers
-    saved = per["layers_total"] * (L - n_ckpt) / L + per["checkpoint"] * n_ckpt + per["head"]
-    transient = max(per["loss_peak"], per["working"] + (per["layer"] if n_ckpt else 0))
-    return int(math.ceil(micro_batch * cfg.data.seq_len * (saved + transient)))
+    tokens = micro_batch * cfg.data.seq_len
+    saved = tokens * (per["layers_total"] * (L - n_ckpt) / L + per["checkpoint"] * n_ckpt + per["head"])
+    layer_backward = tokens * (per["working"] + (per["layer"] if n_ckpt else 0))
+    return int(math.ceil(saved + max(loss_bytes(cfg, tokens, precision, device), layer_backward)))
+
+
+def loss_bytes(cfg: Config, tokens: int, precision: str, device: str = "cuda") -> float:
+    """What the chunked loss holds beyond the saved activations: in its forward, the fp32 weight gradient it
+    accumulates (vocab x dim), a chunk's fp32 logits and logsumexp's temporary of the same size, and, from the
+    second chunk on, the previous chunk's gradient, still referenced while the next chunk's logits are formed
+    (measured: 4 V D + 2 or 3 x 4 c V bytes, within 1% at V 8k and 32k), plus their low-precision copy in bf16;
+    in its backward, the scaled copies of that weight gradient and of the hidden-state gradient."""
+    import torch
+
+    from ..model.loss import default_chunk
+
+    m, a = cfg.model, 2 if precision == "bf16" else 4
+    chunk = min(tokens, default_chunk(m.vocab_size, torch.device(device)))
+    copies = 2 if tokens <= chunk else 3
+    forward = 4 * m.vocab_size * m.dim + chunk * m.vocab_size * (copies * 4 + (a if a != 4 else 0))
+    backward = 8 * m.vocab_size * m.dim + tokens * a * m.dim
+    return max(forward, backward)
 
 
 # Model states ---------------------------------------------------------------------------------------------------
@@ -181,6 +201,21 @@ class MemoryPlan:
         return asdict(self)
 
 
+def largest_fitting(fits: Callable[[int], bool]) -> int:
+    """The largest micro-batch for which `fits` holds (0 if none): activations grow with it, but not in
+    proportion (the loss's weight gradient and chunk are fixed), so search instead of dividing."""
+    if not fits(1):
+        return 0
+    hi = 1
+    while fits(hi * 2):
+        hi *= 2
+    lo, hi = hi, hi * 2  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 FLOPS_FORMULA = "6 * (parameters - embedding) + 12 * n_layers * dim * seq_len (PaLM, forward + backward)"
 
 
@@ -200,8 +235,7 @@ def plan_memory(cfg: Config, gpus_per_node: int = 1, nodes: int = 1, gpu_memory_
     fixed = sum(per_gpu.values())
     per_gpu.update(activations=act, total=fixed + act)
     usable = gpu_memory_gib * GIB * (1 - FRAGMENTATION) - RESERVED_BYTES
-    per_sample = activation_bytes(cfg, 1, precision)
-    max_micro = max(0, int((usable - fixed) // per_sample)) if usable > fixed else 0
+    max_micro = largest_fitting(lambda micro: fixed + activation_bytes(cfg, micro, precision) <= usable)
     kinds = layer_kinds(cfg.norm, cfg.model.n_layers)
     counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
     offload = ", ".join(f"{what} {dev}" for what, dev in (("optimizer", cfg.zero.offload_optimizer),

@@ -111,7 +111,7 @@ def check_activations(overrides, micro, mode, precision="fp32"):
     start = time.perf_counter()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     measured = measured_peak_bytes(overrides, micro, mode, dtype)
-    predicted = activation_bytes(compose(overrides), micro, precision, mode)
+    predicted = activation_bytes(compose(overrides), micro, precision, mode, device="cpu")
     print(f"{' '.join(overrides)} micro {micro} checkpointing {mode} {precision}: measured {measured / 2**20:.1f} "
           f"MiB, predicted {predicted / 2**20:.1f} MiB ({predicted / measured - 1:+.1%}), "
           f"{time.perf_counter() - start:.1f} s")
