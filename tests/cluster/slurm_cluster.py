@@ -192,7 +192,10 @@ class SlurmCluster(Service):
         lines = [
             "ClusterName=mixlnci",
             "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={self.munge_socket}",
+            "AuthType=auth/munge", "CredType=cred/munge",
+            # cred_expire: how long a requeued job waits before it starts again (the default 120 s, whose
+            # credential slurmd must first forget; starting sooner fails with "Job credential revoked").
+            f"AuthInfo=socket={self.munge_socket},cred_expire=10",
             f"SlurmctldPort={ctld_port}",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool/%n",
             f"SlurmctldPidFile={r}/run/slurmctld.pid", f"SlurmdPidFile={r}/run/slurmd-%n.pid",

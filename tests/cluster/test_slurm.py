@@ -81,54 +81,43 @@ def wait_for_step(run_dir: Path, step: int, cluster: SlurmCluster, job: str, tim
     raise TimeoutError(f"step {step} not reached\n{cluster.explain(job)}")
 
 
-def skip_requeue_delay(cluster: SlurmCluster, job: str, timeout_s: float = 120) -> None:
-    """Slurm holds a requeued job for about two minutes (its BeginTime) before it starts again; a test need not."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = cluster.info(job)
-        if info.restarts >= 1 and info.state == "PENDING":
-            cluster.client("scontrol", "update", f"JobId={job}", "StartTime=now")
-            return
-        assert info.state in ("RUNNING", "REQUEUED", "PENDING", "COMPLETING"), cluster.explain(job)
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job} was not requeued\n{cluster.explain(job)}")
-
-
 def assert_finished_like(reference: dict, run_dir: Path, info, cluster, job) -> None:
     assert info.state == "COMPLETED" and info.exit_code == 0, cluster.explain(job)
     assert (run_dir / "checkpoints" / f"step_{STEPS:07d}" / "trainer_state.json").is_file()
     assert logged_losses(run_dir) == reference, cluster.explain(job)  # bit for bit
 
 
-def test_two_tasks_on_one_node_train_exactly_like_torchrun(single, reference, tiny_dataset, tmp_path):
+def train_to_the_end(cluster, what: str, reference, tiny_dataset, tmp_path, *sbatch_args, env=None):
+    """Submit the training job, wait for it, and require a finished run with the reference's every loss."""
     started = time.monotonic()
-    job = submit_training(single, tiny_dataset, tmp_path, "--ntasks-per-node=2")
-    info = single.wait(job, timeout_s=600)
-    print(f"\n2 tasks on 1 node: {time.monotonic() - started:.1f} s")
-    assert_finished_like(reference, tmp_path / "run", info, single, job)
-    log = info.log()
+    job = submit_training(cluster, tiny_dataset, tmp_path, *sbatch_args, env=env)
+    info = cluster.wait(job, timeout_s=600)
+    print(f"\n{what}: {time.monotonic() - started:.1f} s")
+    assert_finished_like(reference, tmp_path / "run", info, cluster, job)
+    return job, info.log()
+
+
+@pytest.fixture(scope="module")
+def two_on_one_host(tmp_path_factory):
+    with _cluster(tmp_path_factory, "ports") as cluster:
+        yield cluster
+
+
+def test_two_tasks_on_one_node_train_exactly_like_torchrun(single, reference, tiny_dataset, tmp_path):
+    job, log = train_to_the_end(single, "2 tasks on 1 node", reference, tiny_dataset, tmp_path, "--ntasks-per-node=2")
     assert "1 nodes, 2 tasks, srun" in log and "run state: finished" in log, log
     assert json.loads((tmp_path / f"mixln-status-{job}.json").read_text())["state"] == "finished"
 
 
-def test_two_nodes_on_one_host_train_exactly_like_torchrun(reference, tiny_dataset, tmp_path, tmp_path_factory):
-    with _cluster(tmp_path_factory, "ports") as cluster:
-        started = time.monotonic()
-        job = submit_training(cluster, tiny_dataset, tmp_path, "--nodes=2", "--ntasks-per-node=1")
-        info = cluster.wait(job, timeout_s=600)
-        print(f"\n2 nodes on one host: {time.monotonic() - started:.1f} s")
-        assert_finished_like(reference, tmp_path / "run", info, cluster, job)
-        assert "on node[1-2] (2 nodes, 2 tasks, srun), rendezvous 127.0.0.1:" in info.log()
+def test_two_nodes_on_one_host_train_exactly_like_torchrun(two_on_one_host, reference, tiny_dataset, tmp_path):
+    _, log = train_to_the_end(two_on_one_host, "2 nodes on one host", reference, tiny_dataset, tmp_path,
+                              "--nodes=2", "--ntasks-per-node=1")
+    assert "on node[1-2] (2 nodes, 2 tasks, srun), rendezvous 127.0.0.1:" in log
 
 
-def test_one_torchrun_per_node_trains_exactly_like_torchrun(reference, tiny_dataset, tmp_path, tmp_path_factory):
-    with _cluster(tmp_path_factory, "ports") as cluster:
-        started = time.monotonic()
-        job = submit_training(cluster, tiny_dataset, tmp_path, "--nodes=2", "--ntasks-per-node=1",
-                              env=job_env(MIXLN_LAUNCHER="torchrun", MIXLN_PROCS_PER_NODE="1"))
-        info = cluster.wait(job, timeout_s=600)
-        print(f"\n2 nodes, torchrun per node: {time.monotonic() - started:.1f} s")
-        assert_finished_like(reference, tmp_path / "run", info, cluster, job)
+def test_one_torchrun_per_node_trains_exactly_like_torchrun(two_on_one_host, reference, tiny_dataset, tmp_path):
+    train_to_the_end(two_on_one_host, "2 nodes, torchrun per node", reference, tiny_dataset, tmp_path, "--nodes=2",
+                     "--ntasks-per-node=1", env=job_env(MIXLN_LAUNCHER="torchrun", MIXLN_PROCS_PER_NODE="1"))
 
 
 def test_a_preempted_job_checkpoints_requeues_and_resumes_exactly(single, reference, tiny_dataset, tmp_path):
@@ -138,7 +127,6 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_exactly(single, refere
     job = submit_training(single, tiny_dataset, tmp_path, "--ntasks-per-node=2")
     wait_for_step(tmp_path / "run", 3, single, job)
     single.signal(job, "USR1", batch=True)
-    skip_requeue_delay(single, job)
     info = single.wait(job, timeout_s=600)
     print(f"\npreempted, requeued and finished: {time.monotonic() - started:.1f} s")
     log = info.log()
@@ -157,12 +145,9 @@ def two_namespaces(tmp_path_factory):
 
 
 def test_two_nodes_in_their_own_network_namespaces_agree(two_namespaces, reference, tiny_dataset, tmp_path):
-    started = time.monotonic()
-    job = submit_training(two_namespaces, tiny_dataset, tmp_path, "--nodes=2", "--ntasks-per-node=1")
-    info = two_namespaces.wait(job, timeout_s=600)
-    print(f"\n2 nodes in 2 network namespaces: {time.monotonic() - started:.1f} s")
-    assert_finished_like(reference, tmp_path / "run", info, two_namespaces, job)
-    assert "rendezvous 10.200.0.1:" in info.log()
+    _, log = train_to_the_end(two_namespaces, "2 nodes in 2 network namespaces", reference, tiny_dataset, tmp_path,
+                              "--nodes=2", "--ntasks-per-node=1")
+    assert "rendezvous 10.200.0.1:" in log
 
 
 def test_losing_a_node_ends_the_other_within_the_timeout_naming_the_lost_rank(two_namespaces, tiny_dataset,
