@@ -14,10 +14,11 @@ markdown row per scheme: the validation perplexity of the last "eval at step N" 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from mixln_dist.study.runs import metrics
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMES = {
@@ -33,8 +34,7 @@ SCHEMES = {
 
 
 def final_eval(run_dir: Path) -> dict:
-    evals = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "eval"]
-    return evals[-1]
+    return metrics(run_dir, "eval")[-1]
 
 
 def main(argv=None) -> int:

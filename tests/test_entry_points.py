@@ -8,7 +8,7 @@ import pytest
 
 import mixln_dist.config
 from conftest import REPO_ROOT
-from mixln_dist.cli import analyze, evaluate, export_hf, model, prepare_data, pretrain, train_tokenizer
+from mixln_dist.cli import analyze, evaluate, export_hf, model, norm_study, prepare_data, pretrain, train_tokenizer
 from mixln_dist.errors import EXIT_USER_ERROR
 
 
@@ -25,10 +25,11 @@ def user_errors(tmp_path):
         (evaluate, [missing, "--shards"], "does not exist"),
         (export_hf, [missing, str(tmp_path / "hf")], "no complete checkpoint"),
         (analyze, ["all", missing], "does not exist"),
+        (norm_study, ["--smoke", "--out", missing, "--only", "prex"], "--only prex: not in the plan"),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_a_users_error_is_one_line_and_exit_code_2(case, tmp_path, capsys):
     entry, argv, message = user_errors(tmp_path)[case]
     assert entry.main(argv) == EXIT_USER_ERROR
