@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The default job once per norm scheme, same seed and data, and the final validation perplexity of each: the
-side-by-side of docs/model.md.
+side-by-side of docs/model.md. (The 12-layer study with the depth analyses is launch/norm_study.py.)
 
     python bench/norm_side_by_side.py                          # every scheme below, one after another
     python bench/norm_side_by_side.py peri hybrid --nice 10    # some of them, at a lower CPU priority

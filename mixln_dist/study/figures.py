@@ -35,6 +35,7 @@ def _styles(n: int):
 def plot_curves(panels: Sequence[Tuple[str, Sequence[Series]]], path: Path, ylabel: str, log_y: bool = False,
                 xlabel: str = "step") -> None:
     """One panel per (title, series); each series a line."""
+    panels = [(title, series) for title, series in panels if series]  # an empty panel says nothing
     fig = Figure(figsize=(6.5 * len(panels), 4.5))
     for i, (title, series) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
