@@ -185,7 +185,10 @@ def study_main(args: argparse.Namespace) -> int:
     out = args.out or home("runs/cpu_norm_study" + ("_smoke" if args.smoke else ""))
     report = args.report or out / "cpu_norm_study.md"
     study = Study(out, args.smoke)
-    command = " ".join(["python launch/norm_study.py", *(["--smoke"] if args.smoke else []), f"--jobs {args.jobs}",
+    # The command that reproduces the study: with --report-only, the --jobs the runs were made with.
+    made = study_runs.read_jsonl(study.out / study_runs.LOG, "invocation")
+    jobs = made[-1]["jobs"] if args.report_only and made else args.jobs
+    command = " ".join(["python launch/norm_study.py", *(["--smoke"] if args.smoke else []), f"--jobs {jobs}",
                         f"--out {args.out or out}", *([f"--report {args.report}"] if args.report else [])])
     names = [r.name for r in study.plan]
     unknown = sorted(set(args.only or []) - set(names))

@@ -12,6 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from ..diagnostics.plots import KIND_COLORS, KIND_NAMES
 
@@ -43,6 +44,7 @@ def plot_curves(panels: Sequence[Tuple[str, Sequence[Series]]], path: Path, ylab
             ax.plot(x, y, style, color=color, label=label, marker="o", markersize=3, linewidth=1.3)
         if log_y:
             ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and layers are whole numbers
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)

@@ -169,8 +169,9 @@ class Report:
                 f"- **Data** (`data={cfg.data.name}`, shipped in the package: mixln_dist/corpora/README.md): "
                 f"{meta.splits['train'].num_tokens:,} training tokens in {meta.splits['train'].num_documents:,} "
                 f"documents; validation {val.num_tokens:,} tokens of a work held out whole "
-                f"({', '.join(Path(v).name for v in cfg.data.validation)}); a {meta.vocab_size}-piece "
-                f"{cfg.data.tokenizer.model_type.upper()} tokenizer trained on the training text.")
+                f"({', '.join(Path(v).name for v in cfg.data.validation)}); a tokenizer of {meta.vocab_size} "
+                f"{cfg.data.tokenizer.model_type.upper()} pieces trained on the training text (sha256 "
+                f"{meta.tokenizer_sha256[:12]}).")
         o = cfg.optim
         lines += [
             f"- **Budget**, the same for every run: {cfg.train.steps} steps of {cfg.train.micro_batch_size} x "
@@ -198,6 +199,16 @@ class Report:
         lines.append(f"- **Runs complete**: {len(done)} of {len(self.results)}"
                      + (f"; **missing: {', '.join(missing)}** (not finished when this report was made; rerunning "
                         "the command completes them)" if missing else "") + ".")
+        if len(invocations) > 1:
+            import datetime
+
+            def utc(t: float) -> str:
+                return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+            lines += ["", "The invocations that made these runs (study_log.jsonl):", ""]
+            lines += _table(["started", "--jobs", "runs", "wall time", "ended"], [
+                [utc(i["start"]), str(i["jobs"]), " ".join(i.get("only") or []) or "all", _minutes(i["seconds"]),
+                 i["state"]] for i in invocations])
         return lines + [""]
 
     def perplexity(self) -> List[str]:
