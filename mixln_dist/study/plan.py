@@ -8,7 +8,7 @@ it lists. Runs are listed in the order they are trained: the paper's Table 1 sch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Tuple
 
 EXPERIMENT = "cpu_norm_study"
@@ -80,7 +80,6 @@ class Settings:
     drop_samples: int
     grad_batches: int
     eval_samples: int = 0  # validation samples for the final perplexity; 0 = the whole held-out work
-    extra: Tuple[str, ...] = field(default_factory=tuple)
 
 
 FULL = Settings(overrides=(), data="books", angular_windows=256, drop_samples=128, grad_batches=4)
