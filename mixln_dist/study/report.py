@@ -110,7 +110,8 @@ class Report:
         self.results = collect(out, plan, self.steps)
         self.by_name = {r.run.name: r for r in self.results}
         self.fig_dir = report.with_suffix("")  # docs/results/cpu_norm_study.md -> docs/results/cpu_norm_study/
-        self.schemes = [r for r in self.results if r.run.group == "scheme"]
+        self.schemes = [r for r in self.results if r.run.group == "scheme"]  # the perplexity table lists all
+        self.done = [r for r in self.results if r.complete]  # the figures and the other tables: complete runs only
 
     def get(self, name: str) -> Optional[RunResult]:
         r = self.by_name.get(name)
@@ -260,9 +261,9 @@ class Report:
         def series(rs: List[RunResult]):
             return [(r.run.label, [e["step"] for e in r.evals], [e["loss"] for e in r.evals]) for r in rs if r.evals]
 
-        schemes = [r for r in self.schemes if r.evals]
+        schemes = [r for r in self.schemes if r.complete]
         others = [r for _, _, r in self.alpha_runs()] + [r for r in self.results if r.run.group == "seed"]
-        others += [self.by_name[k] for k in ("pre",) if k in self.by_name]
+        others = [r for r in others + [self.by_name["pre"]] if r.complete]
         if not schemes:
             return []
         figures.plot_curves([("every scheme, seed 0", series(schemes)),
@@ -279,6 +280,8 @@ class Report:
         first, last = self.window(window)
         out = []
         for r in self.schemes:
+            if not r.complete:
+                continue
             profile = layer_profile(r.grad_norms, self.L, first, last)
             if profile:
                 out.append((r.run.label, profile))
@@ -298,8 +301,7 @@ class Report:
                              (f"last quarter (steps {c}-{d})", [(lab, layers, p) for lab, p in late])],
                             self.figure("grad_norms_training.png"), "gradient L2 norm of the layer", log_y=True,
                             xlabel="layer")
-        ckpt = [(r.run.label, layers, r.summary("grad_norms", "layers")) for r in self.schemes
-                if r.summary("grad_norms", "layers")]
+        ckpt = [(r.run.label, layers, r.summary("grad_norms", "layers")) for r in self.schemes if r.complete]
         if ckpt:
             figures.plot_curves([("final checkpoint, launch/analyze.py grads", ckpt)],
                                 self.figure("grad_norms_checkpoint.png"), "gradient L2 norm of the layer",
