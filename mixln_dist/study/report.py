@@ -18,6 +18,7 @@ from . import figures, runs
 from .plan import StudyRun
 
 # The paper's own numbers, quoted (docs/paper.md section 4; arXiv v1 Table 1 and Table 5), never computed here.
+PAPER_71M = {"dim": 512, "tokens": 1.1e9, "warmup": 1000}  # its setup (docs/paper.md section 3)
 PAPER_TABLE1_71M = {"post": 35.18, "deepnorm": 34.87, "pre": 34.77, "mix": 33.12}  # 12 layers, 1.1B tokens
 MAIN = (("pre", "Pre-LN"), ("post", "Post-LN"), ("mix", "Mix-LN"))
 PAPER_TABLE5_1B = {0.0: 18.65, 0.167: 18.34, 0.25: 18.18, 0.33: 18.41, 0.417: 18.55, 0.5: 18.86, 1.0: 1434}
@@ -245,17 +246,27 @@ class Report:
                 found.append((alpha, math.floor(alpha * self.L), r))
         return sorted(found, key=lambda t: t[0])
 
-    def alpha(self) -> List[str]:
-        sweep = self.alpha_runs()
-        if not sweep:
-            return []
-        rows = [[f"{a:g}", str(n), _f(r.loss, ".4f") if r.complete else "missing", _f(r.ppl) if r.complete else ""]
-                for a, n, r in sweep]
+    def sweep(self) -> List[tuple]:
+        """(alpha, Post-LN layers, run name, perplexity) of the complete runs of the sweep, seed 0; alpha 0 is the
+        `pre` run (Pre-LN is Mix-LN with no Post-LN layer), and the mix_alpha0 run, when there, checks that."""
+        found = [(a, n, r.run.name, r.ppl) for a, n, r in self.alpha_runs()
+                 if r.complete and r.run.name != "mix_alpha0"]
         pre = self.get("pre")
+        return sorted(found + ([(0.0, 0, "pre", pre.ppl)] if pre else []))
+
+    def alpha(self) -> List[str]:
+        if not self.alpha_runs():
+            return []
+        done = {name for _, _, name, _ in self.sweep()}
+        rows = [(a, n, name, _f(p)) for a, n, name, p in self.sweep()]
+        rows += [(a, n, r.run.name, _f(r.ppl) if r.complete else "missing")
+                 for a, n, r in self.alpha_runs() if r.run.name not in done]
+        rows = [[f"{a:g}", str(n), f"`{name}`", p] for a, n, name, p in sorted(rows)]
         lines = ["## Mix-LN's alpha", "",
-                 f"The first floor(alpha x {self.L}) layers Post-LN, the rest Pre-LN; seed 0. alpha 0 is Pre-LN by "
-                 "construction" + (f" (the `pre` run: perplexity {pre.ppl:.2f})" if pre else "") + ".", ""]
-        return lines + _table(["alpha", "Post-LN layers", "validation loss", "perplexity"], rows) + [""]
+                 f"The first floor(alpha x {self.L}) layers Post-LN, the rest Pre-LN; seed 0. alpha 0 is Pre-LN, so "
+                 "its row is the `pre` run; the `mix_alpha0` run builds the same model through `norm=mix` (a check).",
+                 ""]
+        return lines + _table(["alpha", "Post-LN layers", "run", "perplexity"], rows) + [""]
 
     def curves(self) -> List[str]:
         def series(rs: List[RunResult]):
@@ -357,8 +368,9 @@ class Report:
         sds = [f[k + "_sd"] for k in ("pre", "mix") if f[k + "_sd"] is not None]
         f["noise"] = max(sds) if sds else None
         f["ranked"] = sorted((r.ppl, r.run.label) for r in self.schemes if r.complete)
-        f["sweep"] = [(a, n, r.ppl) for a, n, r in self.alpha_runs() if r.complete]
-        f["best_alpha"] = min(f["sweep"], key=lambda t: t[2]) if f["sweep"] else None
+        f["sweep"] = [(a, n, p) for a, n, _, p in self.sweep()]
+        f["best_alpha"] = min(f["sweep"], key=lambda t: t[2]) if len(f["sweep"]) > 1 else None
+        f["ranks"] = {label: i + 1 for i, (_, label) in enumerate(f["ranked"])}
         profiles = {w: dict(self.training_profiles(w)) for w in ("early", "late")}
         for key, name in MAIN:
             r = self.get(key)
@@ -367,10 +379,16 @@ class Report:
                 p = profiles[w].get(label)
                 f[f"{key}_grad_{w}"] = p[-1] / p[0] if p else None  # last layer over first
                 f[f"{key}_spread_{w}"] = max(p) / min(p) if p and min(p) > 0 else None  # 1 = uniform
-            f[key + "_ang_deep"] = r.summary("angular", "mean_adjacent_deepest_quarter") if r else None
-            f[key + "_ang"] = r.summary("angular", "mean_adjacent") if r else None
-            f[key + "_drop_deep"] = r.summary("drop", "mean_increase_deepest_quarter") if r else None
-            f[key + "_drop_max"] = r.summary("drop", "max_increase") if r else None
+            # The depth numbers: means over the scheme's seeds (pre and mix have three), with their spread.
+            seeds = self.seeds(key)
+            for name_, (kind, stat) in {"ang_deep": ("angular", "mean_adjacent_deepest_quarter"),
+                                        "ang": ("angular", "mean_adjacent"),
+                                        "drop_deep": ("drop", "mean_increase_deepest_quarter"),
+                                        "drop_max": ("drop", "max_increase")}.items():
+                values = [s.summary(kind, stat) for s in seeds if s.summary(kind, stat) is not None]
+                f[f"{key}_{name_}"] = statistics.mean(values) if values else None
+                f[f"{key}_{name_}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+            f[key + "_seeds"] = len(seeds)
         pre, a0 = self.get("pre"), self.get("mix_alpha0")
         f["alpha0_check"] = (pre.ppl, a0.ppl) if pre and a0 else None
         return f
@@ -393,7 +411,8 @@ class Report:
             "does not agree"
         lines.append(
             f"**Table 1, perplexity: {t1_verdict}.** "
-            f"The paper's 12-layer 71M model (1.1B tokens of C4): Mix-LN {t1['mix']}, Pre-LN {t1['pre']}, DeepNorm "
+            f"The paper's 12-layer 71M model ({PAPER_71M['tokens'] / 1e9:g}B tokens of C4): Mix-LN {t1['mix']}, "
+            f"Pre-LN {t1['pre']}, DeepNorm "
             f"{t1['deepnorm']}, Post-LN {t1['post']}, Mix-LN ahead of Pre-LN by {t1['pre'] - t1['mix']:.2f}. Here "
             f"({self.L} layers of width {self.cfg.model.dim}, {tokens:,} tokens): Mix-LN {f['mix']:.2f} "
             f"(mean of {f['mix_n']} seeds), Pre-LN {f['pre']:.2f} (mean of {f['pre_n']}), a difference of "
@@ -402,12 +421,18 @@ class Report:
                                if f[k] is not None)
             + f". Order here: {' < '.join(ours)} (the paper's: {' < '.join(order)}).")
         lines.append("")
-        if f["sweep"]:
+        if f["best_alpha"]:
             best, t5 = f["best_alpha"], PAPER_TABLE5_1B
+            by_alpha = {a: p for a, _, p in f["sweep"]}
+            half = by_alpha.get(0.5)
+            verdicts = [f"{'agrees' if best[0] == 0.25 else 'does not agree'} on the best alpha"]
+            if half is not None and 0.0 in by_alpha:
+                verdicts.append(f"{'agrees' if half > by_alpha[0.0] else 'does not agree'} that alpha 0.5 is worse "
+                                "than Pre-LN")
             lines.append(
-                f"**Table 5, alpha: {'agrees' if best[0] == 0.25 else 'does not agree'} on the best alpha.** The paper "
-                f"(24 layers, 1B): best at alpha 0.25 ({t5[0.25]}), Pre-LN {t5[0.0]}, alpha 0.5 {t5[0.5]}, worse "
-                "than Pre-LN. Here: " + ", ".join(f"alpha {a:g} ({n} Post-LN layers) {p:.2f}" for a, n, p in f["sweep"])
+                f"**Table 5, alpha: {'; '.join(verdicts)}.** The paper (24 layers, 1B): best at alpha 0.25 "
+                f"({t5[0.25]}), Pre-LN {t5[0.0]}, alpha 0.5 {t5[0.5]}. Here (seed 0): "
+                + ", ".join(f"alpha {a:g} ({n} Post-LN layer{'' if n == 1 else 's'}) {p:.2f}" for a, n, p in f["sweep"])
                 + f"; best alpha {best[0]:g}.")
             if f["alpha0_check"]:
                 p, q = f["alpha0_check"]
@@ -416,12 +441,13 @@ class Report:
                                 f" (a difference of {q - p:+.4f}: the two runs are not bit-identical)."))
             lines.append("")
         if f["pre_grad_late"] is not None and f["post_grad_late"] is not None and f["mix_spread_late"] is not None:
-            pre_ok = f["pre_grad_late"] < 1
-            post_ok = f["post_grad_early"] is not None and f["post_grad_early"] > 1
+            def both(key: str, above: bool) -> str:  # the paper's direction in both windows, one, or none
+                hits = sum((f[f"{key}_grad_{w}"] > 1) == above for w in ("early", "late"))
+                return ("agrees", "partly (one window of two)", "does not agree")[2 - hits]
+
             uniform = f["mix_spread_late"] < min(f["pre_spread_late"], f["post_spread_late"])
-            verdict = ", ".join([f"Pre-LN {'agrees' if pre_ok else 'does not'}",
-                                 f"Post-LN {'agrees' if post_ok else 'does not'}",
-                                 f"Mix-LN {'most uniform' if uniform else 'not the most uniform'}"])
+            verdict = "; ".join([f"Pre-LN {both('pre', False)}", f"Post-LN {both('post', True)}",
+                                 f"Mix-LN {'the most uniform' if uniform else 'not more uniform than Pre-LN'}"])
             lines.append(
                 f"**Figures 3e and 6a, gradient norms: {verdict}.** The paper: Pre-LN's deep layers get smaller "
                 "gradients than its early ones, Post-LN's early layers smaller than its deep ones, Mix-LN's are more "
@@ -432,17 +458,27 @@ class Report:
                 + "; ".join(f"{name} {_f(f[k + '_spread_late'])}" for k, name in MAIN) + ".")
             lines.append("")
         if f["pre_ang_deep"] is not None and f["mix_ang_deep"] is not None:
+            def clear(key: str) -> bool:  # Mix-LN above Pre-LN by more than twice the larger seed spread
+                spread = max(f.get(f"{k}_{key}_sd") or 0.0 for k in ("pre", "mix"))
+                return f[f"mix_{key}"] - f[f"pre_{key}"] > 2 * spread
+
             turns = f["mix_ang_deep"] > f["pre_ang_deep"]
             matters = f["mix_drop_deep"] > f["pre_drop_deep"]
+            depth_verdict = ("agrees" if clear("ang_deep") and clear("drop_deep") else
+                             "same direction, within the seed spread" if turns and matters else
+                             "partly" if turns or matters else "does not agree")
+
+            def sd(key: str) -> str:
+                return f" ± {f[key + '_sd']:.3f}" if f.get(key + "_sd") is not None else ""
             lines.append(
-                f"**Figures 3 and 6b, angular distance and layer removal: "
-                f"{'agrees' if turns and matters else 'partly' if turns or matters else 'does not agree'}.** The "
+                f"**Figures 3 and 6b, angular distance and layer removal: {depth_verdict}.** The "
                 "paper: Pre-LN's deep layers barely turn the residual stream and cost little when removed, Mix-LN's "
-                "deep layers matter more. Here the deepest quarter's mean d(l, l+1) (all layers in brackets) is "
-                + "; ".join(f"{name} {_f(f[k + '_ang_deep'], '.3f')} ({_f(f[k + '_ang'], '.3f')})"
+                "deep layers matter more. Here (means ± standard deviations over the seeds where there are several) "
+                "the deepest quarter's mean d(l, l+1) (all layers in brackets) is "
+                + "; ".join(f"{name} {_f(f[k + '_ang_deep'], '.3f')}{sd(k + '_ang_deep')} ({_f(f[k + '_ang'], '.3f')})"
                             for k, name in MAIN if f[k + "_ang"] is not None)
                 + ", and removing one of its layers costs on average "
-                + "; ".join(f"{name} {_f(f[k + '_drop_deep'], '.3f')}" for k, name in MAIN
+                + "; ".join(f"{name} {_f(f[k + '_drop_deep'], '.3f')}{sd(k + '_drop_deep')}" for k, name in MAIN
                             if f[k + "_drop_deep"] is not None)
                 + " nats (the most costly layer of any: "
                 + "; ".join(f"{name} {_f(f[k + '_drop_max'], '.3f')}" for k, name in MAIN
@@ -452,18 +488,32 @@ class Report:
         return lines + self.discussion(f)
 
     def discussion(self, f: dict) -> List[str]:
-        """Why this scale may differ from the paper's."""
+        """Why this scale may differ from the paper's: our reading, around the runs' numbers."""
         tokens = self.cfg.train.steps * self.cfg.train.micro_batch_size * self.cfg.data.seq_len
-        return [
-            "**Why this scale may differ.** The paper's smallest runs see "
-            f"{1.1e9 / tokens:,.0f} times more tokens ({tokens:,} here against 1.1B) with 4 times wider layers, "
-            "on web text with a 32k vocabulary. These runs stop early, while the loss still falls steeply, so "
-            "they rank the schemes by how fast they start, not by where they converge. The Pre-LN pathology the "
-            "paper describes builds up with training (the residual stream's norm grows with the updates, and "
-            "each deeper layer's contribution shrinks relative to it), so a brief run may show little of it. "
-            "Post-LN's instability appears at scale in the paper (250M and up), not at 71M, and not expected "
-            "here. The drop is measured as validation loss, not as ARC-e accuracy after fine-tuning as in the "
-            "paper. The seed spread above is the yardstick for every difference.", ""]
+        lines = [f"**Why this scale may differ.** *Budget*: the paper's smallest runs see "
+                 f"{PAPER_71M['tokens'] / tokens:,.0f} times more tokens ({tokens:,} here against "
+                 f"{PAPER_71M['tokens'] / 1e9:g}B) with layers {PAPER_71M['dim'] / self.cfg.model.dim:g} times wider, "
+                 "on web text with a 32k "
+                 "vocabulary. These runs stop while the loss still falls steeply (the loss curves), so they rank "
+                 "the placements by how fast they learn at first, not by where they converge."]
+        if f.get("pre_spread_late") is not None and f.get("post") is not None:
+            starved = f["pre_spread_late"] >= 3
+            lines.append(
+                "*The pathology Mix-LN treats*: the paper's case is that Pre-LN's deep layers are starved of "
+                "gradient and become redundant. Here Pre-LN's per-layer gradient norms span a factor of "
+                f"{f['pre_spread_late']:.2f} from the largest layer to the smallest over the last quarter (its last "
+                f"layer gets {f['pre_grad_late']:.2f} times the first's): its deep layers are "
+                + ("already starved" if starved else "not starved yet")
+                + f". What Mix-LN adds, Post-LN layers, is the slowest learner here: Post-LN alone ends at perplexity "
+                f"{f['post']:.2f}, its first layer's gradient {f['post_grad_late']:.0f} times smaller than its "
+                "last's over the last quarter (vanishing gradients in the early layers, the paper's own account "
+                f"of Post-LN), after only {self.cfg.optim.warmup_steps} warmup steps (the paper: "
+                f"{PAPER_71M['warmup']:,} at 71M). "
+                + ("So at this scale the Post-LN layers cost more than they bring." if f["mix"] > f["pre"] else
+                   "Mix-LN gains all the same."))
+        lines.append("*Measures*: the drop is measured as validation loss, not as ARC-e accuracy after fine-tuning "
+                     "as in the paper; the seed spreads above are the yardstick for every difference.")
+        return [" ".join(lines), ""]
 
     def findings(self) -> List[str]:
         f = self.facts()
@@ -476,11 +526,13 @@ class Report:
                 f"spread ({noise:.2f})")
         lines.append(f"1. Mix-LN vs Pre-LN on the held-out work: {f['mix']:.2f} vs {f['pre']:.2f} perplexity "
                      f"(means of {f['mix_n']} and {f['pre_n']} seeds), {gap:+.2f}{size}.")
-        lines.append(f"2. Of the {len(f['ranked'])} placements, best {best[1]} ({best[0]:.2f}), worst {worst[1]} "
-                     f"({worst[0]:.2f})" + (f"; Post-LN {f['post']:.2f}, DeepNorm {f['deepnorm']:.2f}"
-                                              if f["post"] and f["deepnorm"] else "") + ".")
-        lines.append("3. Mix-LN's alpha: " + (", ".join(f"{a:g}: {p:.2f}" for a, _, p in f["sweep"])
-                                              + f"; best {f['best_alpha'][0]:g}." if f["sweep"] else "not complete."))
+        mix_label = self.by_name["mix"].run.label
+        lines.append(f"2. Of the {len(f['ranked'])} placements (seed 0), best {best[1]} ({best[0]:.2f}), worst "
+                     f"{worst[1]} ({worst[0]:.2f}); Pre-LN ranks {f['ranks'].get('Pre-LN', 'n/a')}, Mix-LN "
+                     f"{f['ranks'].get(mix_label, 'n/a')}.")
+        sweep = ", ".join(f"{a:g}: {p:.2f}" for a, _, p in f["sweep"])
+        lines.append("3. Mix-LN's alpha (0 = Pre-LN): "
+                     + (f"{sweep}; best {f['best_alpha'][0]:g}." if f["best_alpha"] else "not complete."))
         lines.append("4. Gradient norm, last over first layer, last quarter of training: "
                      + ", ".join(f"{name} {_f(f[k + '_grad_late'])}" for k, name in MAIN) + ".")
         lines.append("5. Deepest quarter: mean d(l, l+1) "
