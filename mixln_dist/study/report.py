@@ -493,9 +493,8 @@ class Report:
         lines = [f"**Why this scale may differ.** *Budget*: the paper's smallest runs see "
                  f"{PAPER_71M['tokens'] / tokens:,.0f} times more tokens ({tokens:,} here against "
                  f"{PAPER_71M['tokens'] / 1e9:g}B) with layers {PAPER_71M['dim'] / self.cfg.model.dim:g} times wider, "
-                 "on web text with a 32k "
-                 "vocabulary. These runs stop while the loss still falls steeply (the loss curves), so they rank "
-                 "the placements by how fast they learn at first, not by where they converge."]
+                 "on web text with a 32k vocabulary. These runs rank the placements by how fast they learn in "
+                 "their first steps, not by where they converge" + self._still_falling() + "."]
         if f.get("pre_spread_late") is not None and f.get("post") is not None:
             starved = f["pre_spread_late"] >= 3
             lines.append(
@@ -505,7 +504,7 @@ class Report:
                 f"layer gets {f['pre_grad_late']:.2f} times the first's): its deep layers are "
                 + ("already starved" if starved else "not starved yet")
                 + f". What Mix-LN adds, Post-LN layers, is the slowest learner here: Post-LN alone ends at perplexity "
-                f"{f['post']:.2f}, its first layer's gradient {f['post_grad_late']:.0f} times smaller than its "
+                f"{f['post']:.2f}{self._stalled('post')}, its first layer's gradient {f['post_grad_late']:.0f} times smaller than its "
                 "last's over the last quarter (vanishing gradients in the early layers, the paper's own account "
                 f"of Post-LN), after only {self.cfg.optim.warmup_steps} warmup steps (the paper: "
                 f"{PAPER_71M['warmup']:,} at 71M). "
@@ -514,6 +513,28 @@ class Report:
         lines.append("*Measures*: the drop is measured as validation loss, not as ARC-e accuracy after fine-tuning "
                      "as in the paper; the seed spreads above are the yardstick for every difference.")
         return [" ".join(lines), ""]
+
+    def _evals(self, name: str) -> List[dict]:
+        r = self.get(name)
+        return r.evals if r else []
+
+    def _still_falling(self) -> str:
+        evals = self._evals("pre")
+        quarter = [e for e in evals if e["step"] >= self.steps - self.steps // 4]
+        if len(quarter) < 2:
+            return ""
+        fall = quarter[0]["loss"] - quarter[-1]["loss"]
+        return (f" (Pre-LN's validation loss still fell by {fall:.3f} nats over "
+                f"the last quarter, steps {quarter[0]['step']}-{quarter[-1]['step']}, with the learning rate near "
+                "its floor)")
+
+    def _stalled(self, name: str) -> str:
+        evals = self._evals(name)
+        if len(evals) < 4:
+            return ""
+        early, last = evals[2], evals[-1]  # the third point: after the warmup
+        return (f" (its validation loss goes from {early['loss']:.2f} at step {early['step']} to "
+                f"{last['loss']:.2f} at step {last['step']})")
 
     def findings(self) -> List[str]:
         f = self.facts()
