@@ -504,7 +504,8 @@ class Report:
                 f"layer gets {f['pre_grad_late']:.2f} times the first's): its deep layers are "
                 + ("already starved" if starved else "not starved yet")
                 + f". What Mix-LN adds, Post-LN layers, is the slowest learner here: Post-LN alone ends at perplexity "
-                f"{f['post']:.2f}{self._stalled('post')}, its first layer's gradient {f['post_grad_late']:.0f} times smaller than its "
+                f"{f['post']:.2f}{self._stalled('post')}, its first layer's gradient {f['post_grad_late']:.0f} "
+                "times smaller than its "
                 "last's over the last quarter (vanishing gradients in the early layers, the paper's own account "
                 f"of Post-LN), after only {self.cfg.optim.warmup_steps} warmup steps (the paper: "
                 f"{PAPER_71M['warmup']:,} at 71M). "
