@@ -319,13 +319,14 @@ class Report:
                                 log_y=True, xlabel="layer")
         late_by = dict(late)
         rows = [[lab, _f(p[-1] / p[0]), _f(late_by[lab][-1] / late_by[lab][0]) if lab in late_by else "n/a",
-                 _f(max(p) / min(p) if min(p) > 0 else None, ".1f")] for lab, p in early]
+                 _f(max(late_by[lab]) / min(late_by[lab]) if lab in late_by and min(late_by[lab]) > 0 else None)]
+                for lab, p in early]
         lines = ["## Per-layer gradient norms during training", "",
                  f"The L2 norm of each decoder layer's gradient (`train.diag_interval={self.cfg.train.diag_interval}`, "
                  "before clipping), averaged over the steps of each window; every scheme on one plot, log scale.", "",
                  self.link("grad_norms_training.png", "per-layer gradient norms during training"), ""]
         lines += _table(["scheme", "last / first layer, first quarter", "last / first layer, last quarter",
-                         "largest / smallest layer, first quarter"], rows)
+                         "largest / smallest layer, last quarter (1 = uniform)"], rows)
         if ckpt:
             lines += ["", "The same profile measured on the final checkpoint (4 batches of validation text):", "",
                       self.link("grad_norms_checkpoint.png", "per-layer gradient norms of the final checkpoints")]
@@ -443,7 +444,9 @@ class Report:
         if f["pre_grad_late"] is not None and f["post_grad_late"] is not None and f["mix_spread_late"] is not None:
             def both(key: str, above: bool) -> str:  # the paper's direction in both windows, one, or none
                 hits = sum((f[f"{key}_grad_{w}"] > 1) == above for w in ("early", "late"))
-                return ("agrees", "partly (one window of two)", "does not agree")[2 - hits]
+                mild = 0.8 < f[f"{key}_grad_late"] < 1.25  # the last quarter's profile nearly flat
+                return ("agrees" + (" in direction, mildly" if mild else ""), "partly (one window of two)",
+                        "does not agree")[2 - hits]
 
             uniform = f["mix_spread_late"] < min(f["pre_spread_late"], f["post_spread_late"])
             verdict = "; ".join([f"Pre-LN {both('pre', False)}", f"Post-LN {both('post', True)}",
