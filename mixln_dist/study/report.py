@@ -168,7 +168,8 @@ class Report:
         if meta is not None:
             val = meta.splits["validation"]
             lines.append(
-                f"- **Data** (`data={cfg.data.name}`, shipped in the package: mixln_dist/corpora/README.md): "
+                f"- **Data** (`data={cfg.data.name}`: public-domain books shipped inside the package, so every user "
+                "and installed copy has them; provenance and sha256 checksums in mixln_dist/corpora/README.md): "
                 f"{meta.splits['train'].num_tokens:,} training tokens in {meta.splits['train'].num_documents:,} "
                 f"documents; validation {val.num_tokens:,} tokens of a work held out whole "
                 f"({', '.join(Path(v).name for v in cfg.data.validation)}); a tokenizer of {meta.vocab_size} "
