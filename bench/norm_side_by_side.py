@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The default job once per norm scheme, same seed and data, and the final validation perplexity of each: the
-side-by-side of docs/model.md.
+side-by-side of docs/model.md. (The 12-layer study with the depth analyses is launch/norm_study.py.)
 
     python bench/norm_side_by_side.py                          # every scheme below, one after another
     python bench/norm_side_by_side.py peri hybrid --nice 10    # some of them, at a lower CPU priority
@@ -14,10 +14,11 @@ markdown row per scheme: the validation perplexity of the last "eval at step N" 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from mixln_dist.study.runs import metrics
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMES = {
@@ -33,8 +34,7 @@ SCHEMES = {
 
 
 def final_eval(run_dir: Path) -> dict:
-    evals = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "eval"]
-    return evals[-1]
+    return metrics(run_dir, "eval")[-1]
 
 
 def main(argv=None) -> int:

@@ -48,3 +48,8 @@ class RunError(MixLNError):
 class DivergenceError(MixLNError):
     """Training that has stopped making sense numerically (non-finite losses or gradients, repeated spikes).
     Running it again the same way would diverge again, so it counts as a user error: change the recipe."""
+
+
+class StudyError(MixLNError):
+    """A study (launch/norm_study.py) that cannot go on: a run's training, analysis or evaluation failed (its log
+    says why), or the study folder holds runs of another recipe."""

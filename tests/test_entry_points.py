@@ -8,7 +8,8 @@ import pytest
 
 import mixln_dist.config
 from conftest import REPO_ROOT
-from mixln_dist.cli import analyze, evaluate, export_hf, model, plan, prepare_data, pretrain, train_tokenizer
+from mixln_dist.cli import (analyze, evaluate, export_hf, model, norm_study, plan, prepare_data, pretrain,
+                            train_tokenizer)
 from mixln_dist.errors import EXIT_USER_ERROR
 
 
@@ -26,6 +27,7 @@ def user_errors(tmp_path):
         (export_hf, [missing, str(tmp_path / "hf")], "no complete checkpoint"),
         (analyze, ["all", missing], "does not exist"),
         (plan, ["model=llama_9b"], "unknown option 'llama_9b' for config group 'model'"),
+        (norm_study, ["--smoke", "--out", missing, "--only", "prex"], "--only prex: not in the plan"),
     ]
 
 
