@@ -19,7 +19,7 @@ import pytest
 
 from cluster.slurm_cluster import SlurmCluster, missing_requirements
 from conftest import REPO_ROOT, tiny_overrides
-from train.helpers import child_env, torchrun
+from train.helpers import child_env, logged_losses, torchrun
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -49,12 +49,6 @@ def reference(tiny_dataset, tmp_path_factory):
     proc = torchrun(["launch/pretrain.py", *tiny_overrides(tiny_dataset, out, *RUN, "train.run_name=ref")], nproc=2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return logged_losses(out / "ref")
-
-
-def logged_losses(run_dir: Path) -> dict:
-    """{step: loss} from metrics.jsonl; a resumed run logs each step once, after its last checkpoint."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {m["step"]: m["loss"] for m in lines if m["kind"] == "train"}
 
 
 def job_env(**extra) -> dict:

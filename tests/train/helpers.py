@@ -55,3 +55,10 @@ def run_jobs(jobs, out_dir: Path, nproc: int = 2, timeout: int = 600, allow_erro
 
 def losses(result) -> list:
     return [h["loss"] for h in result["train"]]
+
+
+def logged_losses(run_dir: Path) -> dict:
+    """{step: loss} of a run's train records in metrics.jsonl (a resumed run logs each step once, after its
+    checkpoint)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if m["kind"] == "train"}

@@ -1,7 +1,6 @@
 """Two real ranks on gloo: every ZeRO stage and precision trains, replicas agree, activation checkpointing is
 exact under ZeRO-3, resume is exact, and a run resumed on another number of ranks continues the same curve."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, tiny_overrides
-from .helpers import child_env, free_port, losses, run_jobs, torchrun
+from .helpers import child_env, free_port, logged_losses, losses, run_jobs, torchrun
 
 
 def job(name, data, out, *extra, action="fit"):
@@ -94,11 +93,6 @@ def test_per_layer_grad_norms_match_a_single_process(stage, tiny_dataset, tmp_pa
     assert norms[0]["norms"].keys() == reference.keys()
     for key, value in reference.items():  # fp32 sums over 2 ranks vs 1: summation order only
         assert norms[0]["norms"][key] == pytest.approx(value, rel=1e-4, abs=1e-8), key
-
-
-def logged_losses(run_dir: Path) -> dict:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {m["step"]: m["loss"] for m in lines if m["kind"] == "train"}
 
 
 def test_launchers_and_a_relaunch_on_another_world_size(tiny_dataset, tmp_path):
