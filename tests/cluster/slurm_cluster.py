@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from cluster.service import Service
+from train.helpers import free_port
 
 PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client", "munged": "munge"}
 NETNS_PACKAGES = {"ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux"}
@@ -72,12 +72,6 @@ def missing_requirements(netns: bool = False) -> Optional[str]:
         return (f"missing Debian packages: {' '.join(missing)} (apt-get install --no-install-recommends "
                 f"{' '.join(missing)}; .ci/run installs them)")
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
