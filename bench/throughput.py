@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Training-step throughput of our model against transformers' LlamaForCausalLM, in one run, as ratio tables.
 
-    python bench/throughput.py                      # debug and llama_71m at sequence 256: ~4 min on 2 CPU cores
+    python bench/throughput.py                      # debug and llama_71m at sequence 256: ~2 min on 2 CPU cores
     python bench/throughput.py --models debug --reps 9
     python bench/throughput.py --threads 1          # on a loaded machine: one thread waits less for time slices
 
-A step is forward, loss, backward and an AdamW step. Every case of a table gets the same weights, batch, threads,
-dtype (fp32 on a CPU, bf16 weights on a GPU) and optimizer; the cases run in turns (one step each per round, so
-load that comes and goes hits all alike), and each reports the median over the rounds after warm-up. Tables:
+A step is forward, loss, backward, clipping to optim.grad_clip and an AdamW step: the trainer's update. Every
+case of a table gets the same weights, batch, threads, dtype (fp32 on a CPU, bf16 weights on a GPU) and optimizer;
+the cases run in turns (one step each per round, so load that comes and goes hits all alike), and each reports
+the median over the rounds after warm-up. Tables:
 1. ours (Pre-LN, which is exactly Llama) against transformers, with ours through the plain loss (full fp32
    logits, what transformers does) and, with --compile, ours with compiled blocks: what each change buys;
 2. Pre-LN, Mix-LN and Post-LN on our model: norm placement should cost nothing;
@@ -93,9 +94,15 @@ def matmul_ceiling(device, dtype, reps: int) -> float:
 # Steps -----------------------------------------------------------------------------------------------------------
 
 
-def plain_step(model, optimizer, inputs, targets, loss_fn):
+def plain_step(model, optimizer, inputs, targets, loss_fn, grad_clip: float):
+    """The trainer's update without DeepSpeed: loss, backward, clipping to optim.grad_clip (as the engine clips by
+    its config), AdamW."""
+    import torch
+
     def step():
         loss_fn(model, inputs, targets).backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -151,6 +158,9 @@ class Bench:
 
         return build_optimizer(model, cfg.optim, "torch")
 
+    def plain(self, model, cfg, inputs, targets, loss_fn):
+        return plain_step(model, self.optimizer(model, cfg), inputs, targets, loss_fn, cfg.optim.grad_clip)
+
     def hf(self, cfg, state):
         import transformers
 
@@ -189,17 +199,16 @@ class Bench:
         state = {k: v.detach().clone() for k, v in base.state_dict().items()}
         inputs, targets = self.batch(cfg)
         hf = self.hf(cfg, state)
-        cases = [Case("transformers LlamaForCausalLM", plain_step(hf, self.optimizer(hf, cfg), inputs, targets,
-                                                                   hf_loss))]
+        cases = [Case("transformers LlamaForCausalLM", self.plain(hf, cfg, inputs, targets, hf_loss))]
         plain = self.ours(cfg, state)
         cases.append(Case("ours, plain loss (full fp32 logits)",
-                          plain_step(plain, self.optimizer(plain, cfg), inputs, targets, ours_plain_loss)))
-        cases.append(Case("ours", plain_step(base, self.optimizer(base, cfg), inputs, targets, ours_loss)))
+                          self.plain(plain, cfg, inputs, targets, ours_plain_loss)))
+        cases.append(Case("ours", self.plain(base, cfg, inputs, targets, ours_loss)))
         if self.args.compile:
             compiled = self.ours(cfg, state)
             apply_compile(compiled)
             cases.append(Case("ours, compiled blocks (train.compile)",
-                              plain_step(compiled, self.optimizer(compiled, cfg), inputs, targets, ours_loss),
+                              self.plain(compiled, cfg, inputs, targets, ours_loss),
                               memory=False))
         return cases
 
@@ -212,8 +221,7 @@ class Bench:
             torch.manual_seed(0)
             model = self.ours(cfg)
             inputs, targets = self.batch(cfg)
-            cases.append(Case(f"ours, {scheme}", plain_step(model, self.optimizer(model, cfg), inputs, targets,
-                                                            ours_loss)))
+            cases.append(Case(f"ours, {scheme}", self.plain(model, cfg, inputs, targets, ours_loss)))
         return cases
 
     def engines(self, name: str) -> List[Case]:
@@ -221,14 +229,14 @@ class Bench:
         import torch
 
         from mixln_dist.train.ds_config import deepspeed_config, plan_batches
-        from mixln_dist.train.engine import fit_reduce_bucket, make_skippable
+        from mixln_dist.train.engine import fit_reduce_bucket, make_skippable, skip_lone_allreduce
 
         cfg = self.config(name, "mix")
         torch.manual_seed(0)
         bare = self.ours(cfg)
         state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
         inputs, targets = self.batch(cfg)
-        cases = [Case("bare PyTorch", plain_step(bare, self.optimizer(bare, cfg), inputs, targets, ours_loss))]
+        cases = [Case("bare PyTorch", self.plain(bare, cfg, inputs, targets, ours_loss))]
         stages = (0, 2) if self.precision == "fp32" else (1, 2)
         for stage in stages:
             cfg.zero.stage = stage
@@ -239,6 +247,7 @@ class Bench:
             if stage == 0:
                 make_skippable(optimizer)
             engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds, dist_init_required=False)
+            skip_lone_allreduce(engine)
             cases.append(Case(f"DeepSpeed ZeRO-{stage}", engine_step(engine, inputs, targets)))
         return cases
 
@@ -269,7 +278,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["debug", "llama_71m"], choices=sorted(BATCH))
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--reps", type=int, default=5, help="timed rounds (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case (the first ones fault in fresh memory)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all cores)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,

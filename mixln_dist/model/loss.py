@@ -43,38 +43,56 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         need_h, need_w = (grad_enabled and needed for needed in ctx.needs_input_grad[:2])
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h) if need_h else None
-        # fp32 accumulation over chunks whatever the weight's dtype, rounded to it once at the end.
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+        # fp32 accumulation over chunks whatever the weight's dtype, rounded to it once at the end. Not zeroed:
+        # the first chunk's product overwrites it (beta=0 ignores what is there), sparing a pass over vocab x dim.
+        grad_w = torch.empty(w.shape, dtype=torch.float32, device=w.device) if need_w else None
         for start in range(0, n, chunk):
-            hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            logits = (hc @ w.T).float()  # (n_c, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (n_c,)
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
-            if not (need_h or need_w):
-                continue
-            # d(mean CE)/d logits = (softmax - onehot) / N, formed in place in the chunk's logits.
-            probs = logits.sub_(lse[:, None]).exp_()
-            probs.scatter_add_(1, tc[:, None], torch.full_like(lse[:, None], -1.0))
-            g = probs.div_(n).to(h.dtype)
-            if need_h:
-                torch.matmul(g, w, out=grad_h[start:start + chunk])
-            if need_w:
-                if grad_w.dtype == g.dtype:
-                    grad_w.addmm_(g.T, hc)
-                elif g.is_cuda:  # bf16 products summed in fp32 (a CUDA-only overload)
-                    grad_w += torch.mm(g.T, hc, out_dtype=torch.float32)
-                else:
-                    grad_w += (g.T @ hc).float()
+            end = start + chunk
+            total -= _chunk(h[start:end], w, targets[start:end], grad_h[start:end] if need_h else None, grad_w,
+                            first=start == 0)
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.w_dtype = w.dtype
+        ctx.w_dtype, ctx.n = w.dtype, n
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        dh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        dw = (grad_w * grad_out).to(ctx.w_dtype) if grad_w is not None else None
+        scale = grad_out / ctx.n  # the mean's 1/N and the incoming gradient, one scalar
+        dh = grad_h * scale.to(grad_h.dtype) if grad_h is not None else None
+        dw = (grad_w * scale).to(ctx.w_dtype) if grad_w is not None else None
         return dh, dw, None, None, None
+
+
+def _chunk(hc: torch.Tensor, w: torch.Tensor, tc: torch.Tensor, grad_h: torch.Tensor | None,
+           grad_w: torch.Tensor | None, first: bool) -> torch.Tensor:
+    """One chunk of tokens: returns the sum of its targets' log-probabilities; writes its share of the gradients
+    of the summed loss into grad_h (its rows) and adds it to grad_w (overwrites, for the first chunk). A function
+    so that the chunk's logits are freed when it returns, before the next chunk's exist."""
+    # log_softmax is one row-wise kernel: the chunk's logits are read once and written once.
+    logp = torch.log_softmax((hc @ w.T).float(), dim=-1)  # (n_c, V)
+    picked = logp.gather(1, tc[:, None]).sum()
+    if grad_h is None and grad_w is None:
+        return picked
+    # d(sum CE)/d logits = softmax - onehot, formed in place; the 1/N of the mean is applied in backward, to the
+    # (tokens, dim) and (vocab, dim) results, instead of as one more pass over the logits.
+    probs = logp.exp_()
+    probs.scatter_add_(1, tc[:, None], torch.full((tc.shape[0], 1), -1.0, device=probs.device))
+    g = probs.to(hc.dtype)
+    del logp, probs  # in bf16, g is a copy: the fp32 one goes before the products
+    if grad_h is not None:
+        torch.matmul(g, w, out=grad_h)
+    if grad_w is None:
+        return picked
+    if grad_w.dtype == g.dtype:
+        grad_w.addmm_(g.T, hc, beta=0 if first else 1)
+        return picked
+    # bf16 products summed in fp32 (out_dtype is a CUDA-only overload)
+    product = torch.mm(g.T, hc, out_dtype=torch.float32) if g.is_cuda else (g.T @ hc).float()
+    if first:
+        grad_w.copy_(product)
+    else:
+        grad_w.add_(product)
+    return picked
 
 
 def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -124,18 +124,16 @@ def activation_bytes(cfg: Config, micro_batch: int, precision: str, mode: Option
 
 def loss_bytes(cfg: Config, tokens: int, precision: str, device: str = "cuda") -> float:
     """What the chunked loss holds beyond the saved activations: in its forward, the fp32 weight gradient it
-    accumulates (vocab x dim), a chunk's fp32 logits and logsumexp's temporary of the same size, and, from the
-    second chunk on, the previous chunk's gradient, still referenced while the next chunk's logits are formed
-    (measured: 4 V D + 2 or 3 x 4 c V bytes, within 1% at V 8k and 32k), plus their low-precision copy in bf16;
-    in its backward, the scaled copies of that weight gradient and of the hidden-state gradient."""
+    accumulates (vocab x dim), and a chunk's fp32 logits with their log-softmax, freed before the next chunk's
+    exist (in bf16 the low-precision copies are smaller than these two); in its backward, the scaled copies of
+    that weight gradient and of the hidden-state gradient (tests/train/test_memory_plan.py measures both)."""
     import torch
 
     from ..model.loss import default_chunk
 
     m, a = cfg.model, 2 if precision == "bf16" else 4
     chunk = min(tokens, default_chunk(m.vocab_size, torch.device(device)))
-    copies = 2 if tokens <= chunk else 3
-    forward = 4 * m.vocab_size * m.dim + chunk * m.vocab_size * (copies * 4 + (a if a != 4 else 0))
+    forward = 4 * m.vocab_size * m.dim + 8 * chunk * m.vocab_size
     backward = 8 * m.vocab_size * m.dim + tokens * a * m.dim
     return max(forward, backward)
 

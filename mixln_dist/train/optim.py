@@ -26,7 +26,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
 
 def choose_impl(cfg: OptimConfig, device: torch.device, offload: bool) -> str:
     """auto: DeepSpeed's CPU Adam with optimizer offload, its fused Adam on GPUs when the op can build,
-    torch's AdamW otherwise (on CPUs it needs no compile and is as fast as DeepSpeed's)."""
+    torch's AdamW otherwise (fused on a CPU: it needs no compile and is as fast as DeepSpeed's)."""
     if cfg.impl != "auto":
         return cfg.impl
     if offload:
@@ -49,7 +49,27 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, impl: str) -> torch.opti
         from deepspeed.ops.adam import FusedAdam
 
         return FusedAdam(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, adam_w_mode=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=fusable(groups))
+    # Loading a state dict replaces each group's settings with the saved ones, the kernel choice included: a
+    # checkpoint written before the fused kernel was the default would resume on the slow per-tensor loop.
+    optimizer.register_load_state_dict_post_hook(_keep_kernel_choice(optimizer.defaults["fused"]))
+    return optimizer
+
+
+def fusable(groups: List[dict]) -> bool:
+    """Whether torch's fused AdamW kernel can take these parameters: one pass over each tensor instead of the
+    default per-tensor loop of a dozen kernels with full-size temporaries (71 M parameters on 2 CPU cores: 48
+    against 369 ms a step; docs/benchmarks.md)."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def _keep_kernel_choice(fused: bool) -> Callable[[torch.optim.Optimizer], None]:
+    def restore(optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = fused, None
+
+    return restore
 
 
 def lr_factor(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:

@@ -21,13 +21,6 @@ from .helpers import child_env, free_port
 FAST = ("train.eval_interval=100", "train.log_interval=1")
 
 
-@pytest.fixture(scope="module")
-def env():
-    from mixln_dist.train.distributed import init_distributed
-
-    return init_distributed("cpu", timeout_s=120)
-
-
 def trainer(env, *overrides, lines=None):
     from mixln_dist.train.trainer import Trainer
 

@@ -15,13 +15,6 @@ from mixln_dist.config import ConfigError, compose
 from mixln_dist.data import DataError
 
 
-@pytest.fixture(scope="module")
-def env():
-    from mixln_dist.train.distributed import init_distributed
-
-    return init_distributed("cpu", timeout_s=120)
-
-
 def fit(env, *overrides):
     from mixln_dist.train.trainer import Trainer
 

@@ -13,13 +13,6 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def env():
-    from mixln_dist.train.distributed import init_distributed
-
-    return init_distributed("cpu", timeout_s=120)
-
-
-@pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     """A stock transformers Llama with the tiny test shape, saved the way transformers saves it."""
     torch.manual_seed(1)

@@ -14,13 +14,6 @@ SCHEMES = {"peri": ("norm=peri",), "reordered_qk": ("norm=reordered", "norm.qk_n
            "lns_gpas": ("norm=lns", "norm.gpas=true")}
 
 
-@pytest.fixture(scope="module")
-def env():
-    from mixln_dist.train.distributed import init_distributed
-
-    return init_distributed("cpu", timeout_s=120)
-
-
 def initial_weights(env, tiny_dataset, out, *overrides):
     from mixln_dist.train.trainer import Trainer
 
