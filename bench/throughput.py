@@ -277,7 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["debug", "llama_71m"], choices=sorted(BATCH))
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--reps", type=int, default=5, help="timed rounds (the median is reported)")
+    parser.add_argument("--reps", type=int, default=7, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case (the first ones fault in fresh memory)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all cores)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -2,7 +2,7 @@
 """Training step time of the default model under a few launch settings, and the cost of per-layer gradient-norm
 logging: one table, from the trainer's own metrics.jsonl.
 
-    python bench/train_throughput.py                 # about 6 minutes on 2 CPU cores
+    python bench/train_throughput.py                 # about 5 minutes on 2 CPU cores
     python bench/train_throughput.py --steps 60      # quicker, noisier
 
 Each case is a real `launch/pretrain.py` run on the bundled sample (prepared on first use) in a scratch
