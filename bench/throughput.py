@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step throughput of our model against transformers' LlamaForCausalLM, in one run, as ratio tables.
 
-    python bench/throughput.py                      # debug and llama_71m at sequence 256: ~2 min on 2 CPU cores
+    python bench/throughput.py                      # debug and llama_71m at sequence 256: <3 min on 2 CPU cores
     python bench/throughput.py --models debug --reps 9
     python bench/throughput.py --threads 1          # on a loaded machine: one thread waits less for time slices
 
@@ -278,7 +278,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["debug", "llama_71m"], choices=sorted(BATCH))
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--reps", type=int, default=7, help="timed rounds (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case (the first ones fault in fresh memory)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps per case (the first ones fault in fresh memory)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all cores)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
