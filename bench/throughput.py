@@ -180,6 +180,16 @@ class Bench:
         tokens = tokens.to(self.device)
         return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
+    def seeded(self, name: str, scheme: str):
+        """The config, our model from seed 0, a copy of its weights for the other cases, and the batch."""
+        import torch
+
+        cfg = self.config(name, scheme)
+        torch.manual_seed(0)
+        model = self.ours(cfg)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return (cfg, model, state, *self.batch(cfg))
+
     def flops_per_step(self, cfg, model) -> float:
         from mixln_dist.train.metrics import flops_per_token
 
@@ -189,15 +199,9 @@ class Bench:
     # The three tables ----------------------------------------------------------------------------------------
 
     def vs_transformers(self, name: str) -> List[Case]:
-        import torch
-
         from mixln_dist.train.compile import apply_compile
 
-        cfg = self.config(name, "pre")
-        torch.manual_seed(0)
-        base = self.ours(cfg)
-        state = {k: v.detach().clone() for k, v in base.state_dict().items()}
-        inputs, targets = self.batch(cfg)
+        cfg, base, state, inputs, targets = self.seeded(name, "pre")
         hf = self.hf(cfg, state)
         cases = [Case("transformers LlamaForCausalLM", self.plain(hf, cfg, inputs, targets, hf_loss))]
         plain = self.ours(cfg, state)
@@ -213,29 +217,19 @@ class Bench:
         return cases
 
     def schemes(self, name: str) -> List[Case]:
-        import torch
-
         cases = []
         for scheme in ("pre", "mix", "post"):
-            cfg = self.config(name, scheme)
-            torch.manual_seed(0)
-            model = self.ours(cfg)
-            inputs, targets = self.batch(cfg)
+            cfg, model, _, inputs, targets = self.seeded(name, scheme)
             cases.append(Case(f"ours, {scheme}", self.plain(model, cfg, inputs, targets, ours_loss)))
         return cases
 
     def engines(self, name: str) -> List[Case]:
         import deepspeed
-        import torch
 
         from mixln_dist.train.ds_config import deepspeed_config, plan_batches
         from mixln_dist.train.engine import fit_reduce_bucket, make_skippable, skip_lone_allreduce
 
-        cfg = self.config(name, "mix")
-        torch.manual_seed(0)
-        bare = self.ours(cfg)
-        state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
-        inputs, targets = self.batch(cfg)
+        cfg, bare, state, inputs, targets = self.seeded(name, "mix")
         cases = [Case("bare PyTorch", self.plain(bare, cfg, inputs, targets, ours_loss))]
         stages = (0, 2) if self.precision == "fp32" else (1, 2)
         for stage in stages:
