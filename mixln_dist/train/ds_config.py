@@ -50,6 +50,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def reduce_bucket_elements(configured: int, n_params: int) -> int:
+    """The gradient bucket ZeRO-1/2 allocate at every micro-step: zero.reduce_bucket_size elements (500 M by
+    default: 2 GB in fp32), cut to the model's size, since a larger bucket holds nothing more (the same single
+    bucket, the same reductions, bit for bit). The engine applies it (engine.fit_reduce_bucket), the memory
+    planner counts it."""
+    return min(configured, max(n_params, 1))
+
+
 def deepspeed_config(cfg: Config, batch: BatchPlan, precision: str, load_universal: bool = False) -> dict:
     z = cfg.zero
     zero = {

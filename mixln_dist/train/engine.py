@@ -15,7 +15,7 @@ from ..model import Transformer, build_model
 from .activation_checkpointing import apply_activation_checkpointing
 from .compile import apply_compile
 from .distributed import DistEnv, freed_cpu_memory_returned
-from .ds_config import BatchPlan, deepspeed_config
+from .ds_config import BatchPlan, deepspeed_config, reduce_bucket_elements
 from .optim import build_optimizer, build_scheduler, choose_impl
 from .warm_start import load_weights, read_weights
 
@@ -77,13 +77,11 @@ def skip_lone_allreduce(engine) -> None:
 
 
 def fit_reduce_bucket(ds_config: dict, model: torch.nn.Module) -> None:
-    """ZeRO-1/2 allocate a gradient bucket of zero.reduce_bucket_size elements at every micro-step (500 M by
-    default: 2 GB in fp32, for the 2 M-parameter debug model). A bucket larger than the model holds nothing more,
-    so it is cut to the model's size: the same single bucket, the same reductions, bit for bit (measured: a ZeRO-2
-    step's peak memory 2,100 -> 210 MiB for the default job; docs/benchmarks.md)."""
+    """The generated config's reduce bucket cut to the model's size (ds_config.reduce_bucket_elements; measured: a
+    ZeRO-2 step's peak memory 2,100 -> 210 MiB for the default job; docs/benchmarks.md)."""
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     zero = ds_config["zero_optimization"]
-    zero["reduce_bucket_size"] = min(zero["reduce_bucket_size"], max(n_params, 1))
+    zero["reduce_bucket_size"] = reduce_bucket_elements(zero["reduce_bucket_size"], n_params)
 
 
 def make_skippable(optimizer) -> None:

@@ -14,8 +14,8 @@ as DeepSpeed 0.19 allocates them for the DeepSpeed config we generate (mixln_dis
 fp32 gradient accumulation and master weights). Optimizer offload moves the fp32 gradients, master weights and
 moments (16 bytes per parameter of each rank's partition) to the CPU; parameter offload (stage 3) moves the
 partitioned weights too. Stage 3 also holds the module being computed gathered, with its gradient: 2w bytes per
-parameter of the largest module. DeepSpeed's buffers: one gradient reduction bucket, plus stage 3's prefetch
-bucket.
+parameter of the largest module. DeepSpeed's buffers: one gradient reduction bucket (at most the model's size),
+plus stage 3's prefetch bucket.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional
 
 from ..config import Config
 from .activation_checkpointing import checkpointed_layers
-from .ds_config import BatchPlan, plan_batches
+from .ds_config import BatchPlan, plan_batches, reduce_bucket_elements
 
 GIB = 1 << 30
 # What a GPU keeps for itself beyond what we count: the CUDA context, cuBLAS/NCCL workspaces (about 1 GiB), and
@@ -166,7 +166,8 @@ def model_state_bytes(cfg: Config, size: ModelSize, n_gpus: int, precision: str)
         if z.offload_param == "cpu":
             cpu += w * P / N
         params = 0
-    buffers = z.reduce_bucket_size * w + (z.stage3_prefetch_bucket_size * w if z.stage == 3 else 0)
+    bucket = reduce_bucket_elements(z.reduce_bucket_size, P)  # as the engine cuts it
+    buffers = bucket * w + (z.stage3_prefetch_bucket_size * w if z.stage == 3 else 0)
     gathered = 2 * w * size.largest_module_parameters if z.stage == 3 else 0
     return {"parameters": int(params), "gradients": int(grads), "optimizer": int(optim), "gathered": int(gathered),
             "buffers": int(buffers), "cpu": int(cpu)}
