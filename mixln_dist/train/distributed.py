@@ -57,6 +57,10 @@ def select_accelerator(device: str) -> None:
         os.environ["DS_ACCELERATOR"] = "cuda"
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # from glibc's malloc.h
+_heap_kept = False  # whether keep_freed_cpu_memory is in force in this process
+
+
 def keep_freed_cpu_memory() -> None:
     """Stop glibc from handing large freed blocks back to the kernel, so that training on the CPU reuses them.
 
@@ -74,10 +78,6 @@ def keep_freed_cpu_memory() -> None:
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     _heap_kept = True
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # from glibc's malloc.h
-_heap_kept = False  # whether keep_freed_cpu_memory is in force in this process
 
 
 @contextmanager
